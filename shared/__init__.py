@@ -1,0 +1,1 @@
+"""Conveyor's domain: plain functions and classes shared by api/ and workers/."""
