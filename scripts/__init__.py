@@ -1,0 +1,1 @@
+"""Operational entry points: migrate, devstack."""
