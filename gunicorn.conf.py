@@ -1,0 +1,65 @@
+"""Gunicorn settings for the `web` process; tuned through environment variables only."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from typing import Any
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+
+# Two processes per core (at least two, so one crash or restart never leaves
+# the port unserved); WEB_CONCURRENCY is the platform convention for overriding.
+workers = int(os.environ.get("WEB_CONCURRENCY", max(2, 2 * multiprocessing.cpu_count())))
+
+# gthread: every request waits on Redis, the database or the broker and does
+# little CPU work, so threads overlap those waits cheaply. Unlike gevent it
+# needs no monkey-patching of the web process, and unlike sync it keeps idle
+# keep-alive connections off the worker threads.
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "4"))
+
+# Longer than the usual load balancer idle timeout (60 s), so the balancer
+# closes idle connections first and never reuses one we have just closed.
+keepalive = 75
+# A request still running after 30 s is stuck: jobs are handed to Celery, and
+# the API answers 202 at once.
+timeout = 30
+graceful_timeout = 30
+# Recycle workers now and then so a slow leak cannot grow without bound; the
+# jitter keeps them from all restarting at the same moment.
+max_requests = 1000
+max_requests_jitter = 100
+
+# Which proxies may set X-Forwarded-Proto/-For; gunicorn's own variable name.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+# The app writes its own JSON access line with the request id and timing;
+# gunicorn's would duplicate it in another format.
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+proc_name = "conveyor-web"
+
+# Worker heartbeat files on a container's overlay filesystem can stall and get
+# workers killed as "timed out"; memory-backed /dev/shm does not.
+# Gunicorn only keeps a per-worker heartbeat there, nothing another user could abuse.
+if os.path.isdir("/dev/shm"):  # noqa: S108
+    worker_tmp_dir = "/dev/shm"  # noqa: S108
+
+# Not preloaded: each worker builds its own app, so no Redis or database
+# connection is created before the fork and shared between processes.
+preload_app = False
+
+# No `gunicornc` control socket: nothing here uses it, and its default path
+# ($HOME/.gunicorn/gunicorn.ctl) is shared by every gunicorn of the same user
+# and may not be writable for the container's user.
+control_socket_disable = True
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges from the shared Prometheus directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
