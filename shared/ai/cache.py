@@ -1,0 +1,282 @@
+"""`AICache`: AI results in Redis, with single-flight and a popularity ranking.
+
+Keys (all under the configured prefix, e.g. "conveyor:"):
+
+- `ai:v1:<sha256>`: the result JSON; the hash covers the canonical JSON of
+  (kind, normalised prompt, options, provider, model); TTL per kind.
+- `ai:v1:<sha256>:lock`: held (SET NX PX) by the one worker computing it.
+- `ai:v1:<sha256>:failed:<token>`: a few seconds' record of an upstream
+  failure, so workers waiting on that computation fail with the same error
+  instead of queueing up behind one another against a failing upstream.
+- `ai:popular`: sorted set, request JSON → times requested, for cache warming.
+
+Single-flight: concurrent identical requests make ONE upstream call. The
+winner holds the lock while computing; the others poll until the value (or
+the winner's shared failure) appears, or the lock disappears, and then take
+the lock themselves. A lock outliving its holder expires after `lock_ttl`.
+
+If Redis fails before the computation starts, the cache steps aside and the
+request is computed uncached (logged); a result is never computed twice
+because of a Redis error after the upstream call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import redis
+
+from shared.ai.errors import AIError
+from shared.ai.request import AIRequest, AIRequestError
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Per-user quota failures belong to the user who hit them, not to others
+# waiting for the same prompt; everything else came from the upstream.
+_SHARED_FAILURE_CODES = frozenset(
+    {"ai_timeout", "ai_unavailable", "ai_rate_limited", "ai_bad_response", "ai_rejected"}
+)
+# Delete the lock only if we still hold it: after expiry another worker may.
+_RELEASE_LOCK = """
+if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
+return 0
+"""
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _parse(raw: bytes | str | None, key: str) -> dict | None:
+    """A cached result, or None when absent or unreadable (then it is recomputed)."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        log.warning("ignoring unreadable ai cache entry %s", key)
+        return None
+
+
+class AICache:
+    """Results of AI requests in Redis, keyed by request, provider and model."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        ttls: Mapping[str, int],
+        *,
+        enabled: bool = True,
+        lock_ttl: float = 30.0,
+        poll_interval: float = 0.05,
+        failure_ttl: float = 10.0,
+        popular_max: int = 1000,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.ttls = dict(ttls)
+        self.enabled = enabled
+        self.lock_ttl = lock_ttl
+        self.poll_interval = poll_interval
+        self.failure_ttl = failure_ttl
+        self.popular_max = popular_max
+        self.popular_key = prefix + "ai:popular"
+        self._release_lock = client.register_script(_RELEASE_LOCK)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> AICache:
+        """A cache with the TTLs, prefix and switch from `settings`."""
+        return cls(
+            client,
+            settings.redis_key_prefix,
+            {
+                "text": settings.cache_ttl_ai_text,
+                "presentation": settings.cache_ttl_ai_presentation,
+                "image": settings.cache_ttl_ai_image,
+            },
+            enabled=settings.cache_enabled,
+            # The lock must outlive one upstream attempt, or a second worker
+            # starts the same call while the first is still waiting on it.
+            lock_ttl=settings.ai_timeout_seconds + 15,
+        )
+
+    def key(self, request: AIRequest, provider: str, model: str) -> str:
+        """The Redis key of `request`'s result from `provider`/`model`."""
+        identity = json.dumps(
+            [request.kind, request.prompt, request.options, provider, model],
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return self.prefix + "ai:v1:" + hashlib.sha256(identity.encode()).hexdigest()
+
+    def get(self, request: AIRequest, provider: str, model: str) -> dict | None:
+        """The cached result, or None."""
+        return self._read(self.key(request, provider, model))
+
+    def put(self, request: AIRequest, provider: str, model: str, value: dict) -> None:
+        """Store `value` with its kind's TTL (cache warming refreshes entries with this)."""
+        self._write(self.key(request, provider, model), request.kind, value)
+
+    def ttl_remaining(self, request: AIRequest, provider: str, model: str) -> float | None:
+        """Seconds until the cached result expires, or None when nothing is cached."""
+        millis = self.redis.pttl(self.key(request, provider, model))
+        return millis / 1000 if millis >= 0 else None
+
+    def get_or_compute(
+        self,
+        request: AIRequest,
+        provider: str,
+        model: str,
+        compute: Callable[[], dict],
+        *,
+        record: bool = True,
+    ) -> tuple[dict, bool]:
+        """`(result, from_cache)`: the cached result, or `compute()`'s, computed once.
+
+        `compute` runs only on a miss, at most once per call, and its AIError
+        propagates. `record=False` leaves the popularity ranking alone (for
+        the cache-warming job's own requests).
+        """
+        if not self.enabled or self.ttls.get(request.kind, 0) <= 0:
+            return compute(), False
+        started = False
+
+        def tracked() -> dict:
+            nonlocal started
+            started = True
+            return compute()
+
+        try:
+            if record:
+                self._record(request)
+            return self._single_flight(self.key(request, provider, model), request.kind, tracked)
+        except redis.RedisError:
+            if started:
+                raise  # the failure came from compute itself, e.g. a quota check
+            log.warning("ai cache unavailable; computing uncached", exc_info=True)
+            return compute(), False
+
+    def popular_requests(self, limit: int) -> list[AIRequest]:
+        """The `limit` most requested requests, most requested first."""
+        if limit <= 0:
+            return []
+        requests = []
+        for member in self.redis.zrevrange(self.popular_key, 0, limit - 1):
+            try:
+                requests.append(AIRequest.from_dict(json.loads(member)))
+            except (ValueError, AIRequestError):
+                continue  # stored under older, looser rules; not worth warming
+        return requests
+
+    def _single_flight(self, key: str, kind: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
+        cached = self._read(key)
+        if cached is not None:
+            return cached, True
+        lock_key = key + ":lock"
+        token = uuid.uuid4().hex
+        while True:
+            if self.redis.set(lock_key, token, nx=True, px=int(self.lock_ttl * 1000)):
+                return self._compute_locked(key, lock_key, token, kind, compute)
+            holder = _text(self.redis.get(lock_key))
+            value = self._wait_for(key, lock_key, holder)
+            if value is not None:
+                return value, True
+            # The lock went away without a value: its holder died or failed
+            # with a private error. Loop and try to become the holder.
+
+    def _compute_locked(
+        self, key: str, lock_key: str, token: str, kind: str, compute: Callable[[], dict]
+    ) -> tuple[dict, bool]:
+        try:
+            # Another worker may have stored the value between our read and our lock.
+            cached = self._read(key)
+            if cached is not None:
+                return cached, True
+            try:
+                value = compute()
+            except AIError as error:
+                self._publish_failure(key, token, error)
+                raise
+            self._write(key, kind, value)
+            return value, False
+        finally:
+            try:
+                self._release_lock(keys=[lock_key], args=[token])
+            except redis.RedisError:
+                log.warning("could not release ai cache lock %s", lock_key, exc_info=True)
+
+    def _wait_for(self, key: str, lock_key: str, holder: str | None) -> dict | None:
+        """Poll until the value appears (returned), a shared failure (raised), or the lock goes."""
+        failure_key = f"{key}:failed:{holder}"
+        while True:
+            time.sleep(self.poll_interval)
+            # One round trip, in this order: the holder writes the value or the
+            # failure before releasing, so a lock seen gone here means both
+            # later reads already see whatever it left.
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(lock_key)
+            pipe.get(key)
+            pipe.get(failure_key)
+            lock, value, failure = pipe.execute()
+            if value is not None:
+                return _parse(value, key)
+            if failure is not None and holder is not None:
+                shared = json.loads(failure)
+                raise AIError(
+                    shared["code"],
+                    shared["message"],
+                    retryable=shared["retryable"],
+                    retry_after=shared["retry_after"],
+                )
+            if holder is None or _text(lock) != holder:
+                return None
+
+    def _publish_failure(self, key: str, token: str, error: AIError) -> None:
+        if error.code not in _SHARED_FAILURE_CODES:
+            return
+        record = {
+            "code": error.code,
+            "message": error.message,
+            "retryable": error.retryable,
+            "retry_after": error.retry_after,
+        }
+        try:
+            self.redis.set(
+                f"{key}:failed:{token}", json.dumps(record), px=int(self.failure_ttl * 1000)
+            )
+        except redis.RedisError:
+            log.warning("could not share ai failure for %s", key, exc_info=True)
+
+    def _read(self, key: str) -> dict | None:
+        return _parse(self.redis.get(key), key)
+
+    def _write(self, key: str, kind: str, value: dict) -> None:
+        ttl = self.ttls.get(kind, 0)
+        if ttl <= 0:
+            return
+        try:
+            self.redis.set(key, json.dumps(value, separators=(",", ":")), ex=ttl)
+        except redis.RedisError:
+            # The result is computed and paid for; failing the job over a cache
+            # write would only make the caller pay again.
+            log.warning("could not cache ai result %s", key, exc_info=True)
+
+    def _record(self, request: AIRequest) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zincrby(self.popular_key, 1, request.canonical_json())
+        pipe.zcard(self.popular_key)
+        _, size = pipe.execute()
+        # Trim in batches (10% slack) rather than on every call.
+        if size > self.popular_max + self.popular_max // 10:
+            self.redis.zremrangebyrank(self.popular_key, 0, -(self.popular_max + 1))
