@@ -1,0 +1,81 @@
+"""Conveyor's HTTP API: a thin Flask adapter over shared/ (app factory)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+from api.errors import register_error_handlers
+from api.requests import MAX_BODY_BYTES
+from shared.resources import Resources
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API for `settings` (default: read from the environment once)."""
+    from api.routes import auth, ledger, notifications, ops, tasks
+    from workers.app import create_celery_app
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False
+    res = Resources.build(settings)
+    app.extensions["conveyor"] = res
+    # A producer-only Celery app: the API publishes by task name and never
+    # imports task code.
+    app.extensions["conveyor.celery"] = create_celery_app(settings)
+
+    register_error_handlers(app)
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp):
+        app.register_blueprint(blueprint)
+    _bootstrap_admin(res)
+    return app
+
+
+def _start_request() -> None:
+    g.started = time.perf_counter()
+    incoming = request.headers.get("X-Request-ID", "")
+    # Accept the client's id when it is a sane token; never echo arbitrary bytes.
+    g.request_id = (
+        incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+    )
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+    elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    response.headers["X-Process-Time"] = f"{elapsed_ms:.2f}"
+    return response
+
+
+def _bootstrap_admin(res: Resources) -> None:
+    """Create or update CONVEYOR_ADMIN_USERNAME at start-up (if both variables are set)."""
+    settings = res.settings
+    if not (settings.admin_username and settings.admin_password):
+        return
+    from shared.accounts import UsernameTaken, ensure_admin
+
+    for _attempt in range(2):  # two web workers may race to create the same admin
+        try:
+            with res.sessions.begin() as session:
+                ensure_admin(
+                    session,
+                    res.hasher,
+                    settings.admin_username,
+                    settings.admin_password,
+                    settings.default_currency,
+                )
+            return
+        except UsernameTaken:
+            continue
+        except Exception:
+            log.exception("admin bootstrap failed; the API starts without it")
+            return

@@ -1,0 +1,77 @@
+"""Register and log in."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from flask import Blueprint, Response, g, jsonify
+from kombu.exceptions import OperationalError as BrokerError
+
+from api.dispatch import publish
+from api.errors import ApiError
+from api.extensions import resources
+from api.requests import parse_body
+from api.schemas import Credentials, LoginRequest
+from shared import accounts, jobs
+
+bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
+log = logging.getLogger(__name__)
+
+
+@bp.post("/register")
+def register() -> tuple[Response, int]:
+    body = parse_body(Credentials)
+    res = resources()
+    try:
+        with res.sessions.begin() as session:
+            user = accounts.register(
+                session, res.hasher, body.username, body.password, res.settings.default_currency
+            )
+    except accounts.UsernameTaken:
+        raise ApiError(409, "username_taken", "that username is taken") from None
+    return jsonify({"id": user.id, "username": user.username}), 201
+
+
+@bp.post("/login")
+def login() -> Response:
+    body = parse_body(LoginRequest)
+    res = resources()
+    with res.sessions.begin() as session:
+        user = accounts.authenticate(session, res.hasher, body.username, body.password)
+        if user is None:
+            raise ApiError(401, "invalid_credentials", "wrong username or password")
+        token = accounts.issue_token(res.settings.signing_key, user, res.settings.token_ttl_seconds)
+    g.identity = accounts.Identity(user.id, user.username)
+    task_id = _login_transactions(user.id) if res.settings.login_generates_transactions else None
+    return jsonify(
+        {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": res.settings.token_ttl_seconds,
+            "task_id": task_id,
+        }
+    )
+
+
+def _login_transactions(user_id: int) -> str | None:
+    """Record and enqueue the login-triggered job; None (and no job) if the broker is down."""
+    res = resources()
+    count = random.randint(1, 10)  # noqa: S311 - demo data, not security
+    with res.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        submission = jobs.create_job(
+            conn,
+            owner_id=user_id,
+            kind="ledger.random",
+            params={"count": count, "trigger": "login"},
+            ttl_seconds=res.settings.job_ttl_seconds,
+        )
+        task_id = submission.status["task_id"]
+        try:
+            publish("ledger.random", task_id, user_id)
+        except BrokerError:
+            # Logging in must not fail because the demo job cannot be queued.
+            log.warning("login job not queued: broker unavailable")
+            jobs.delete_job(conn, jobs.parse_job_id(task_id))
+            return None
+    return task_id

@@ -1,0 +1,64 @@
+"""Bearer-token authentication and the admin check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import g, request
+
+from api.errors import ApiError
+from api.extensions import resources
+from shared import accounts
+
+
+def current_identity() -> accounts.Identity:
+    """The caller's identity (the route must be decorated with `require_auth`)."""
+    return g.identity
+
+
+def _authenticate() -> accounts.Identity:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <access_token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        return accounts.verify_token(resources().settings.signing_key, token.strip())
+    except accounts.InvalidToken:
+        raise ApiError(
+            401,
+            "invalid_token",
+            "the access token is invalid or expired",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        ) from None
+
+
+def require_auth(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Reject the request with 401 unless it carries a valid bearer token."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        g.identity = _authenticate()
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def require_admin(view: Callable[..., Any]) -> Callable[..., Any]:
+    """401 without a valid token, 403 unless the user is (still) an admin."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        g.identity = _authenticate()
+        with resources().sessions() as session:
+            if not accounts.is_admin(session, g.identity.user_id):
+                raise ApiError(403, "forbidden", "this endpoint is for administrators")
+        return view(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,60 @@
+"""Celery settings (lowercase only). Broker and backend URLs come from Settings at start-up."""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from beat_schedule import beat_schedule  # noqa: F401 - read by Celery as a setting
+
+# Longest hard time limit of any task (ai.*: 120 s) plus the longest retry
+# countdown we schedule (300 s). Redis redelivers an unacked message after
+# this long, so it must exceed both or a healthy task would run twice.
+VISIBILITY_TIMEOUT_SECONDS = 3600
+
+# JSON only: a pickled message is refused, never executed.
+accept_content = ["json"]
+task_serializer = "json"
+result_serializer = "json"
+result_accept_content = ["json"]
+event_serializer = "json"
+
+# Lets Flower and AsyncResult see STARTED, not just PENDING then SUCCESS.
+task_track_started = True
+# Acknowledge after the task returns, so a worker that dies mid-task leaves the
+# message to be redelivered; safe because every job task is idempotent
+# (job-row claim + unique ledger keys). Non-idempotent tasks opt out.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message reserved per process/greenlet: long tasks are not hoarded by a
+# busy worker while another sits idle.
+worker_prefetch_multiplier = 1
+
+task_queues = (Queue("ledger"), Queue("ai"), Queue("maintenance"))
+task_default_queue = "maintenance"
+task_routes = {
+    "ledger.*": {"queue": "ledger"},
+    "ai.*": {"queue": "ai"},
+    "cache.*": {"queue": "maintenance"},
+    "maintenance.*": {"queue": "maintenance"},
+}
+
+broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+# Results of tasks that store them (the canary) are not needed past a day.
+result_expires = 24 * 3600
+# Fallback limits for any task that does not set its own on the decorator.
+task_soft_time_limit = 50
+task_time_limit = 60
+# Keep retrying the broker at start-up instead of crashing when Redis is late.
+broker_connection_retry_on_startup = True
+# A lost broker connection means unacked messages will be redelivered; cancel
+# the running copies rather than let them finish as duplicates.
+worker_cancel_long_running_tasks_on_connection_loss = True
+# gevent workers share one backend client between greenlets.
+result_backend_thread_safe = True
+# Events for Flower (task received/started/succeeded, worker heartbeats).
+worker_send_task_events = True
+task_send_sent_event = True
+timezone = "UTC"
+enable_utc = True
+# Conveyor configures logging itself; Celery must not replace the root logger.
+worker_hijack_root_logger = False

@@ -1,0 +1,46 @@
+"""Engine and session factories; sessions are framed by the caller (request or task)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import sessionmaker
+
+from shared.settings import VAR_DIR, Settings
+
+# PostgreSQL aborts any statement running longer than this, so a runaway query
+# cannot hold a pooled connection (and its locks) forever.
+STATEMENT_TIMEOUT_MS = 30_000
+
+
+def create_db_engine(settings: Settings, *, url: str | None = None, **overrides) -> Engine:
+    """A pooled engine for `settings` (PostgreSQL in production, SQLite for development)."""
+    url = url or settings.resolved_database_url
+    if url.startswith("sqlite"):
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30}, **overrides)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    options = {
+        "pool_size": 10,
+        "max_overflow": 20,
+        "pool_recycle": 3600,  # below common server/proxy idle cut-offs
+        "pool_timeout": 30,
+        "pool_pre_ping": True,  # a connection dropped by a restart is replaced, not raised
+        "connect_args": {"options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"},
+    }
+    options.update(overrides)
+    return create_engine(url, **options)
+
+
+def create_session_factory(engine: Engine) -> sessionmaker:
+    """Sessions that keep loaded values after commit (results are shaped after it)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets the web, worker and beat processes read while one writes.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

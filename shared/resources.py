@@ -1,0 +1,61 @@
+"""The per-process resources every adapter needs, built from one Settings object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
+
+from shared.accounts import PasswordHasher
+from shared.db import create_db_engine, create_session_factory
+from shared.jobs import StatusStore
+from shared.notifications import Notifications
+from shared.redis_store import Keys, create_redis
+from shared.settings import Settings
+
+
+@dataclass
+class Resources:
+    """One engine (pooled), one Redis client (pooled) and the stores built on them."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker
+    redis: redis.Redis
+    keys: Keys
+    statuses: StatusStore
+    notifications: Notifications
+    _hasher: PasswordHasher | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Resources:
+        engine = create_db_engine(settings)
+        client = create_redis(settings)
+        keys = Keys(settings.redis_key_prefix)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=create_session_factory(engine),
+            redis=client,
+            keys=keys,
+            statuses=StatusStore(client, keys),
+            notifications=Notifications(
+                client,
+                keys,
+                max_items=settings.notifications_max,
+                ttl_seconds=settings.notifications_ttl_seconds,
+            ),
+        )
+
+    @property
+    def hasher(self) -> PasswordHasher:
+        # Built on first use: hashing the decoy password costs a full KDF run.
+        if self._hasher is None:
+            self._hasher = PasswordHasher(self.settings.password_hash_method)
+        return self._hasher
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.redis.close()

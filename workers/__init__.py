@@ -1,0 +1,1 @@
+"""Celery adapter: the app, per-process resources and the task modules."""

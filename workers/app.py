@@ -1,0 +1,29 @@
+"""The one Celery app (`celery -A workers.app`), configured from celeryconfig and Settings."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.settings import Settings
+
+TASK_MODULES = ["workers.tasks.ledger", "workers.tasks.system"]
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    """A Celery app whose broker, backend and key prefix come from `settings`."""
+    app = Celery("conveyor", include=TASK_MODULES)
+    app.config_from_object("celeryconfig")
+    prefix = settings.redis_key_prefix
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        # Every broker and result key lives under Conveyor's prefix, so several
+        # stacks (or test runs) can share one Redis without seeing each other.
+        broker_transport_options={**app.conf.broker_transport_options, "global_keyprefix": prefix},
+        result_backend_transport_options={"global_keyprefix": prefix},
+    )
+    app.conf.conveyor_settings = settings
+    return app
+
+
+app = create_celery_app(Settings.from_env())

@@ -1,0 +1,143 @@
+"""Running one attempt of a job: claim, progress, outcome, notification."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from celery import Task
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+from sqlalchemy.orm import Session
+
+from shared import jobs
+from shared.jobs import ClaimedJob, JobError
+from shared.resources import Resources
+from workers.runtime import resources
+
+log = logging.getLogger(__name__)
+
+
+class JobSuperseded(Exception):
+    """The job was cancelled or finished by someone else while this attempt ran."""
+
+
+class JobRun:
+    """One attempt at a claimed job, as seen by the task body."""
+
+    def __init__(self, task: Task, res: Resources, job: ClaimedJob) -> None:
+        self.task = task
+        self.res = res
+        self.job = job
+        self.final_status: dict[str, Any] | None = None
+        self.status: dict[str, Any] = {
+            "task_id": str(job.id),
+            "kind": job.kind,
+            "state": "STARTED",
+            "progress": 0,
+            "message": "started",
+            "created_at": jobs.isoformat(job.created_at),
+            "updated_at": jobs.isoformat(jobs.utcnow()),
+            "expires_at": jobs.isoformat(job.expires_at),
+            "result": None,
+            "error": None,
+        }
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.job.params
+
+    def progress(self, percent: int, message: str) -> None:
+        """Publish live progress (Redis only; the row records transitions)."""
+        try:
+            self.status = self.res.statuses.progress(
+                self.job.owner_id, self.status, percent, message
+            )
+        except redis.RedisError:
+            log.warning("progress not published: Redis unavailable", exc_info=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A transaction that holds the job row, so the effect and completion commit together."""
+        with self.res.sessions.begin() as session:
+            if not jobs.lock_unfinished(session, self.job.id):
+                raise JobSuperseded(str(self.job.id))
+            yield session
+
+    def complete(self, session: Session, result: dict[str, Any], message: str = "done") -> None:
+        """Mark the job SUCCESS inside the caller's transaction."""
+        status = jobs.finish(session, self.job.id, state="SUCCESS", result=result, message=message)
+        if status is None:
+            raise JobSuperseded(str(self.job.id))
+        self.final_status = status
+
+    def retry(self, exc: BaseException, countdown: float, message: str) -> Retry:
+        """Record RETRY and return Celery's Retry for the task to raise."""
+        with self.res.sessions.begin() as session:
+            jobs.mark_state(session, self.job.id, "RETRY", message)
+        self._publish({**self.status, "state": "RETRY", "message": message[:255]})
+        return self.task.retry(exc=exc, countdown=countdown)
+
+    def _publish(self, status: dict[str, Any]) -> None:
+        status = {**status, "updated_at": jobs.isoformat(jobs.utcnow())}
+        try:
+            self.res.statuses.write(self.job.owner_id, status)
+        except redis.RedisError:
+            log.warning("status not published: Redis unavailable", exc_info=True)
+        self.status = status
+
+    def _notify(self, title: str, message: str, kind: str) -> None:
+        try:
+            self.res.notifications.push(
+                self.job.owner_id, type=kind, title=title, message=message, task_id=str(self.job.id)
+            )
+        except redis.RedisError:
+            log.warning("notification not written: Redis unavailable", exc_info=True)
+
+    def fail(self, error: JobError) -> None:
+        """Record FAILURE with the error's code, unless the job already ended."""
+        with self.res.sessions.begin() as session:
+            status = jobs.finish(session, self.job.id, state="FAILURE", error=error)
+        if status is not None:
+            self._publish(status)
+            self._notify(f"{self.job.kind} failed", error.message, "job.failed")
+
+    def succeeded(self, summary: str) -> None:
+        assert self.final_status is not None
+        self._publish(self.final_status)
+        self._notify(f"{self.job.kind} succeeded", summary, "job.succeeded")
+
+
+def run_job(task: Task, job_id: str, work: Callable[[JobRun], str]) -> None:
+    """Claim `job_id` and run `work`, which commits via `run.complete` and returns a summary."""
+    res = resources()
+    parsed = jobs.parse_job_id(job_id)
+    if parsed is None:
+        log.error("dropping message with a malformed job id %r", job_id)
+        return
+    with res.sessions.begin() as session:
+        job = jobs.claim(session, parsed)
+    if job is None:
+        log.info("job %s already finished or cancelled; skipping", job_id)
+        return
+    run = JobRun(task, res, job)
+    run._publish(run.status)
+    try:
+        summary = work(run)
+    except Retry:
+        raise
+    except JobSuperseded:
+        log.info("job %s was cancelled or finished elsewhere; its effect was rolled back", job_id)
+        return
+    except JobError as exc:
+        run.fail(exc)
+        return
+    except SoftTimeLimitExceeded:
+        run.fail(JobError("timeout", "the job ran past its time limit"))
+        return
+    except Exception:
+        run.fail(JobError("internal_error", "the job failed unexpectedly"))
+        raise
+    run.succeeded(summary)

@@ -1,0 +1,1 @@
+"""Task modules, one per job family; task names are namespaced (`ledger.transaction`)."""

@@ -1,0 +1,90 @@
+"""Ledger jobs: one transaction, or a random batch of them."""
+
+from __future__ import annotations
+
+from celery import Task
+from sqlalchemy.exc import OperationalError
+
+from shared import ledger
+from workers.app import app
+from workers.jobs import JobRun, run_job
+
+# Transient database trouble (a restart, a dropped connection) is retried; the
+# job-row lock and the (job, seq) unique key make a retried posting apply once.
+LEDGER_RETRY = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 5,
+}
+
+
+@app.task(
+    name="ledger.transaction",
+    bind=True,
+    ignore_result=True,
+    soft_time_limit=30,
+    time_limit=60,
+    **LEDGER_RETRY,
+)
+def transaction(self: Task, job_id: str) -> None:
+    """Post one credit or debit for the job's owner."""
+    run_job(self, job_id, _post_one)
+
+
+def _post_one(run: JobRun) -> str:
+    params = run.params
+    with run.transaction() as session:
+        posting = ledger.post(
+            session,
+            user_id=run.job.owner_id,
+            entry_type=params["type"],
+            amount=params["amount"],
+            description=params.get("description", ""),
+            job_id=run.job.id,
+        )
+        run.complete(
+            session, {"transaction_id": posting.entry_id, "balance": posting.balance_after}
+        )
+    return f"{params['type']} of {params['amount']} posted; balance {posting.balance_after}"
+
+
+@app.task(
+    name="ledger.random",
+    bind=True,
+    ignore_result=True,
+    soft_time_limit=60,
+    time_limit=90,
+    **LEDGER_RETRY,
+)
+def random_batch(self: Task, job_id: str) -> None:
+    """Post 1-10 random transactions that never overdraw, reporting progress."""
+    run_job(self, job_id, _post_batch)
+
+
+def _post_batch(run: JobRun) -> str:
+    plan = ledger.plan_random_batch(run.job.id, run.params["count"])
+    posted = []
+    # Each entry commits on its own so progress reports real postings; a
+    # redelivery re-plans the same batch and skips the (job, seq) already posted.
+    for seq, planned in enumerate(plan[:-1]):
+        with run.transaction() as session:
+            posting = ledger.post_random_entry(
+                session, user_id=run.job.owner_id, job_id=run.job.id, seq=seq, planned=planned
+            )
+        posted.append(posting.entry_id)
+        run.progress(int(100 * (seq + 1) / len(plan)), f"posted {seq + 1} of {len(plan)}")
+    with run.transaction() as session:
+        posting = ledger.post_random_entry(
+            session,
+            user_id=run.job.owner_id,
+            job_id=run.job.id,
+            seq=len(plan) - 1,
+            planned=plan[-1],
+        )
+        posted.append(posting.entry_id)
+        run.complete(
+            session,
+            {"transaction_ids": posted, "count": len(posted), "balance": posting.balance_after},
+        )
+    return f"{len(posted)} random transactions posted; balance {posting.balance_after}"
