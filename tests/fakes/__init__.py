@@ -1,0 +1,1 @@
+"""Test doubles: real servers on loopback that stand in for external services."""
