@@ -16,7 +16,9 @@ import redis
 from psycopg2 import sql
 
 RUN_ID = uuid.uuid4().hex[:12]
-ADMIN_DSN = os.environ.get("TEST_POSTGRES_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+ADMIN_DSN = os.environ.get(
+    "TEST_POSTGRES_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+)
 DB_NAME = f"conveyor_test_{RUN_ID}"
 PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -36,8 +38,14 @@ os.environ.update(
         "LOG_LEVEL": "WARNING",
     }
 )
-for _name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "SECRET_KEY", "AI_API_KEY",
-              "CONVEYOR_ADMIN_USERNAME", "CONVEYOR_ADMIN_PASSWORD"):
+for _name in (
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "SECRET_KEY",
+    "AI_API_KEY",
+    "CONVEYOR_ADMIN_USERNAME",
+    "CONVEYOR_ADMIN_PASSWORD",
+):
     os.environ.pop(_name, None)
 
 from shared.settings import Settings  # noqa: E402

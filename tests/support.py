@@ -15,7 +15,9 @@ PASSWORD = "correct horse battery"
 
 
 def register_and_login(client, username: str) -> tuple[int, dict[str, str]]:
-    created = client.post("/api/v1/auth/register", json={"username": username, "password": PASSWORD})
+    created = client.post(
+        "/api/v1/auth/register", json={"username": username, "password": PASSWORD}
+    )
     assert created.status_code == 201, created.get_json()
     login = client.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD})
     assert login.status_code == 200, login.get_json()
@@ -25,12 +27,14 @@ def register_and_login(client, username: str) -> tuple[int, dict[str, str]]:
 def fund(resources, user_id: int, amount: int) -> None:
     """Credit a wallet directly through the domain (no job)."""
     with resources.sessions.begin() as session:
-        ledger.post(session, user_id=user_id, entry_type="credit", amount=amount,
-                    description="test funding")
+        ledger.post(
+            session, user_id=user_id, entry_type="credit", amount=amount, description="test funding"
+        )
 
 
-def wait_for_state(client, headers, task_id: str, states=("SUCCESS", "FAILURE", "REVOKED"),
-                   timeout: float = 30.0) -> dict[str, Any]:
+def wait_for_state(
+    client, headers, task_id: str, states=("SUCCESS", "FAILURE", "REVOKED"), timeout: float = 30.0
+) -> dict[str, Any]:
     """Poll GET /tasks/{id} until its state is one of `states`."""
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
@@ -45,8 +49,9 @@ def wait_for_state(client, headers, task_id: str, states=("SUCCESS", "FAILURE", 
 
 
 @contextmanager
-def running_worker(celery_app, *, concurrency: int = 8,
-                   queues: str = "ledger,ai,maintenance") -> Iterator[Any]:
+def running_worker(
+    celery_app, *, concurrency: int = 8, queues: str = "ledger,ai,maintenance"
+) -> Iterator[Any]:
     """A real worker in this process (thread pool), stopped on exit."""
     from workers import runtime
 

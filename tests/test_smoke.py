@@ -5,7 +5,9 @@ from tests.support import wait_for_state
 
 def test_credit_round_trip(client, make_user, worker):
     _, headers = make_user()
-    response = client.post("/api/v1/transactions", json={"type": "credit", "amount": 500}, headers=headers)
+    response = client.post(
+        "/api/v1/transactions", json={"type": "credit", "amount": 500}, headers=headers
+    )
     assert response.status_code == 202, response.get_json()
     body = response.get_json()
     done = wait_for_state(client, headers, body["task_id"])
