@@ -189,6 +189,7 @@ def test_procfile_pools_and_queues(procfile: dict[str, str]) -> None:
     beat = shlex.split(procfile["beat"])
     assert option(beat, "-A") == "workers.app" and "beat" in beat
     assert "var/celerybeat-schedule" in option(beat, "-s")
+    assert "--enable-remote-control" in beat  # answers `celery inspect ping`
 
     flower = procfile["flower"]
     assert "-A workers.app flower" in flower
@@ -288,6 +289,15 @@ def test_compose_worker_pools_match_the_procfile(compose: dict) -> None:
     worker_ai = compose["services"]["worker_ai"]["command"]
     assert (option(worker, "-P"), option(worker, "-Q")) == ("prefork", "ledger,maintenance")
     assert (option(worker_ai, "-P"), option(worker_ai, "-Q")) == ("gevent", "ai")
+
+
+def test_compose_celery_healthchecks_ping_their_own_node(compose: dict) -> None:
+    for name in ("worker", "worker_ai", "beat"):
+        service = compose["services"][name]
+        node = option(service["command"], "-n")  # e.g. worker@%h
+        assert node.endswith("@%h"), name
+        probe = service["healthcheck"]["test"][-1]
+        assert f"inspect ping -d {node.replace('%h', '$$HOSTNAME')}" in probe, name
 
 
 # --- .env.example -----------------------------------------------------------------
