@@ -1,4 +1,4 @@
-"""Delivery semantics with a worker started on demand: duplicates post once; cancelled never runs."""
+"""Delivery with a worker started on demand: duplicates post once, cancelled jobs never run."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_the_same_ledger_job_delivered_twice_posts_once(
 def test_a_job_cancelled_before_it_starts_never_runs(
     client, make_user, resources, celery_app, redis_client, settings
 ):
-    user_id, headers = make_user()
+    _, headers = make_user()
     task_id = client.post(
         "/api/v1/transactions", json={"type": "credit", "amount": 777}, headers=headers
     ).get_json()["task_id"]

@@ -57,9 +57,8 @@ def test_credit_then_debit_moves_balance_and_records_entries(resources, user_id)
 def test_overdraft_raises_and_changes_nothing(resources, user_id):
     with resources.sessions.begin() as session:
         ledger.post(session, user_id=user_id, entry_type="credit", amount=100)
-    with pytest.raises(ledger.InsufficientFunds) as raised:
-        with resources.sessions.begin() as session:
-            ledger.post(session, user_id=user_id, entry_type="debit", amount=101)
+    with pytest.raises(ledger.InsufficientFunds) as raised, resources.sessions.begin() as session:
+        ledger.post(session, user_id=user_id, entry_type="debit", amount=101)
     assert raised.value.code == "insufficient_funds"
     assert _balance(resources, user_id) == 100
     assert _entries(resources, user_id) == 1
