@@ -46,6 +46,15 @@ task_soft_time_limit = 50
 task_time_limit = 60
 # Keep retrying the broker at start-up instead of crashing when Redis is late.
 broker_connection_retry_on_startup = True
+# A publish from the web process gives up within about a second, so a dead
+# broker is a prompt 503 to the client, not a hung request.
+broker_connection_timeout = 2
+task_publish_retry_policy = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.25,
+    "interval_max": 0.5,
+}
 # A lost broker connection means unacked messages will be redelivered; cancel
 # the running copies rather than let them finish as duplicates.
 worker_cancel_long_running_tasks_on_connection_loss = True
