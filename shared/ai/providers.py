@@ -60,7 +60,7 @@ class Provider(Protocol):
         ...
 
 
-def build_provider(settings: Settings, transport: httpx.BaseTransport | None = None) -> Provider:
+def build_provider(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> Provider:
     """The provider `settings.resolved_ai_provider` names, configured from settings."""
     if settings.resolved_ai_provider == "openai":
         return OpenAIProvider(
