@@ -9,11 +9,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
 from shared.accounts import PasswordHasher
+from shared.cache import Cache
 from shared.db import create_db_engine, create_session_factory
 from shared.jobs import StatusStore
 from shared.notifications import Notifications
 from shared.redis_store import Keys, create_redis
 from shared.settings import Settings
+from shared.slow_queries import SlowQueryLog, instrument_engine
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Resources:
     keys: Keys
     statuses: StatusStore
     notifications: Notifications
+    cache: Cache
     _hasher: PasswordHasher | None = field(default=None, repr=False)
 
     @classmethod
@@ -34,6 +37,7 @@ class Resources:
         engine = create_db_engine(settings)
         client = create_redis(settings)
         keys = Keys(settings.redis_key_prefix)
+        instrument_engine(engine, SlowQueryLog(client, keys), settings.slow_query_ms)
         return cls(
             settings=settings,
             engine=engine,
@@ -47,6 +51,7 @@ class Resources:
                 max_items=settings.notifications_max,
                 ttl_seconds=settings.notifications_ttl_seconds,
             ),
+            cache=Cache.from_settings(client, settings),
         )
 
     @property

@@ -108,6 +108,19 @@ class Settings:
     log_format: str = _env("LOG_FORMAT", default="json")
     slow_request_seconds: float = _env("SLOW_REQUEST_SECONDS", default=1.0)
     slow_query_ms: float = _env("SLOW_QUERY_MS", default=100.0)
+    # GET /transactions pages up to this number are cached (the rest read the DB).
+    cache_transactions_pages: int = _env("CACHE_TRANSACTIONS_PAGES", default=2)
+    # Cache warming: who counts as active, how many per bulk query, which AI entries.
+    cache_warm_active_seconds: int = _env("CACHE_WARM_ACTIVE_SECONDS", default=3600)
+    cache_warm_batch_size: int = _env("CACHE_WARM_BATCH_SIZE", default=500)
+    cache_warm_ai_top: int = _env("CACHE_WARM_AI_TOP", default=20)
+    cache_warm_ai_expiring_seconds: int = _env("CACHE_WARM_AI_EXPIRING_SECONDS", default=600)
+
+    # Housekeeping (beat): when a PENDING job counts as lost, and the slack
+    # past a task's hard time limit before a STARTED job counts as stuck.
+    redispatch_after_seconds: int = _env("REDISPATCH_AFTER_SECONDS", default=300)
+    stuck_grace_seconds: int = _env("STUCK_GRACE_SECONDS", default=60)
+    stuck_max_redispatches: int = _env("STUCK_MAX_REDISPATCHES", default=3)
     cors_origins: str = _env("CORS_ORIGINS", default="")
     flower_port: int = _env("FLOWER_PORT", default=5555)
     flower_basic_auth: str = _env("FLOWER_BASIC_AUTH", default="")

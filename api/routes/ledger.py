@@ -11,7 +11,7 @@ from api.extensions import resources
 from api.requests import parse_body, parse_query
 from api.schemas import PageQuery, RandomTransactionsRequest, TransactionRequest
 from api.security import current_identity, require_auth
-from shared import ledger
+from shared import wallet_cache
 
 bp = Blueprint("ledger", __name__, url_prefix="/api/v1")
 
@@ -19,20 +19,27 @@ bp = Blueprint("ledger", __name__, url_prefix="/api/v1")
 @bp.get("/wallet")
 @require_auth
 def get_wallet() -> Response:
-    with resources().sessions() as session:
-        _, balance, currency = ledger.wallet_for_user(session, current_identity().user_id)
-    return jsonify({"balance": balance, "currency": currency, "from_cache": False})
+    res = resources()
+    value, from_cache = wallet_cache.wallet(res.cache, res.sessions, current_identity().user_id)
+    return jsonify({**value, "from_cache": from_cache})
 
 
 @bp.get("/transactions")
 @require_auth
 def list_transactions() -> Response:
     query = parse_query(PageQuery)
-    with resources().sessions() as session:
-        items, total = ledger.list_entries(
-            session, current_identity().user_id, page=query.page, limit=query.limit
-        )
-    return jsonify({"items": items, "page": query.page, "limit": query.limit, "total": total})
+    res = resources()
+    value, _ = wallet_cache.transactions_page(
+        res.cache,
+        res.sessions,
+        current_identity().user_id,
+        page=query.page,
+        limit=query.limit,
+        max_cached_page=res.settings.cache_transactions_pages,
+    )
+    return jsonify(
+        {"items": value["items"], "page": query.page, "limit": query.limit, "total": value["total"]}
+    )
 
 
 @bp.post("/transactions")

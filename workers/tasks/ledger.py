@@ -6,6 +6,7 @@ from celery import Task
 from sqlalchemy.exc import OperationalError
 
 from shared import ledger
+from shared.wallet_cache import invalidate_user
 from workers.app import app
 from workers.jobs import JobRun, run_job
 
@@ -46,6 +47,8 @@ def _post_one(run: JobRun) -> str:
         run.complete(
             session, {"transaction_id": posting.entry_id, "balance": posting.balance_after}
         )
+    # Committed; SUCCESS is published only after we return, so a read after it is fresh.
+    invalidate_user(run.res.cache, run.job.owner_id)
     return f"{params['type']} of {params['amount']} posted; balance {posting.balance_after}"
 
 
@@ -72,6 +75,7 @@ def _post_batch(run: JobRun) -> str:
             posting = ledger.post_random_entry(
                 session, user_id=run.job.owner_id, job_id=run.job.id, seq=seq, planned=planned
             )
+        invalidate_user(run.res.cache, run.job.owner_id)
         posted.append(posting.entry_id)
         run.progress(int(100 * (seq + 1) / len(plan)), f"posted {seq + 1} of {len(plan)}")
     with run.transaction() as session:
@@ -87,4 +91,5 @@ def _post_batch(run: JobRun) -> str:
             session,
             {"transaction_ids": posted, "count": len(posted), "balance": posting.balance_after},
         )
+    invalidate_user(run.res.cache, run.job.owner_id)
     return f"{len(posted)} random transactions posted; balance {posting.balance_after}"
