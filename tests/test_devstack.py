@@ -315,4 +315,5 @@ def test_env_example_documents_every_variable() -> None:
         "PROMETHEUS_MULTIPROC_DIR",
         "POSTGRES_PASSWORD",
     }
-    assert required - documented == set()
+    missing = sorted(required - documented)
+    assert not missing, f"document these in .env.example (one comment line each): {missing}"
