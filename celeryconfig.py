@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from beat_schedule import beat_schedule  # noqa: F401 - read by Celery as a setting
 
@@ -29,7 +29,12 @@ task_reject_on_worker_lost = True
 # busy worker while another sits idle.
 worker_prefetch_multiplier = 1
 
-task_queues = (Queue("ledger"), Queue("ai"), Queue("maintenance"))
+# Each queue gets its own direct exchange and routing key; left implicit, all
+# three would share the default queue's exchange binding.
+task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in ("ledger", "ai", "maintenance")
+)
 task_default_queue = "maintenance"
 task_routes = {
     "ledger.*": {"queue": "ledger"},
