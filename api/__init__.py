@@ -8,7 +8,10 @@ import uuid
 
 from flask import Flask, Response, g, request
 
+from api import openapi
 from api.errors import register_error_handlers
+from api.hardening import init_hardening
+from api.limits import init_rate_limits
 from api.requests import MAX_BODY_BYTES
 from shared.resources import Resources
 from shared.settings import Settings
@@ -22,6 +25,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from workers.app import create_celery_app
 
     settings = settings or Settings.from_env()
+    # Settings built in code skip from_env; production must still refuse an
+    # unsafe configuration (e.g. no SECRET_KEY) before serving anything.
+    settings.validate()
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False
@@ -36,6 +42,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.after_request(_finish_request)
     for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(openapi.bp)
+    init_hardening(app, settings)
+    # Last: it applies the limits views declared, so every blueprint must be in.
+    init_rate_limits(app, settings)
     _bootstrap_admin(res)
     return app
 

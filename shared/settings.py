@@ -82,6 +82,12 @@ class Settings:
     ratelimit_user: str = _env("RATELIMIT_USER", default="60/minute;1000/day")
     ratelimit_ai: str = _env("RATELIMIT_AI", default="20/hour")
     queue_max_depth: int = _env("QUEUE_MAX_DEPTH", default=10000)
+    # Where rate-limit counters live; empty means REDIS_URL. A separate Redis
+    # keeps limiter traffic off the broker's server when that matters.
+    ratelimit_storage_url: str = _env("RATELIMIT_STORAGE_URL", default="")
+    # Proxies in front of the web process that append to X-Forwarded-For; the
+    # per-IP limits key on the client address they report (0: the peer itself).
+    trusted_proxy_hops: int = _env("TRUSTED_PROXY_HOPS", default=0)
 
     # AI
     ai_provider: str = _env("AI_PROVIDER", default="")

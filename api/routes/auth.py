@@ -11,7 +11,10 @@ from kombu.exceptions import OperationalError as BrokerError
 from api.dispatch import publish
 from api.errors import ApiError
 from api.extensions import resources
+from api.limits import auth_limited
+from api.openapi import documented
 from api.requests import parse_body
+from api.responses import AccessToken, Registered
 from api.schemas import Credentials, LoginRequest
 from shared import accounts, jobs
 
@@ -20,6 +23,10 @@ log = logging.getLogger(__name__)
 
 
 @bp.post("/register")
+@auth_limited
+@documented(
+    "Create an account", auth="none", body=Credentials, responses={201: Registered}, errors=(409,)
+)
 def register() -> tuple[Response, int]:
     body = parse_body(Credentials)
     res = resources()
@@ -34,6 +41,14 @@ def register() -> tuple[Response, int]:
 
 
 @bp.post("/login")
+@auth_limited
+@documented(
+    "Exchange credentials for a bearer token",
+    auth="none",
+    body=LoginRequest,
+    responses={200: AccessToken},
+    errors=(401,),
+)
 def login() -> Response:
     body = parse_body(LoginRequest)
     res = resources()

@@ -6,7 +6,9 @@ from flask import Blueprint, Response, jsonify
 
 from api.errors import ApiError
 from api.extensions import resources
+from api.openapi import documented
 from api.requests import parse_body
+from api.responses import MarkedRead, NotificationList
 from api.schemas import MarkReadRequest
 from api.security import current_identity, require_auth
 
@@ -15,6 +17,7 @@ bp = Blueprint("notifications", __name__, url_prefix="/api/v1/notifications")
 
 @bp.get("/pending")
 @require_auth
+@documented("Unread notifications", auth="user", responses={200: NotificationList})
 def pending() -> Response:
     items = resources().notifications.recent(current_identity().user_id, unread_only=True)
     return jsonify({"items": items})
@@ -22,12 +25,16 @@ def pending() -> Response:
 
 @bp.get("")
 @require_auth
+@documented("Recent notifications, read or not", auth="user", responses={200: NotificationList})
 def recent() -> Response:
     return jsonify({"items": resources().notifications.recent(current_identity().user_id)})
 
 
 @bp.post("/read")
 @require_auth
+@documented(
+    "Mark notifications read", auth="user", body=MarkReadRequest, responses={200: MarkedRead}
+)
 def mark_read() -> Response:
     body = parse_body(MarkReadRequest)
     if (body.ids is None) == (not body.all):

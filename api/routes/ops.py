@@ -8,17 +8,25 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from api.extensions import resources
+from api.openapi import documented
+from api.responses import Health, Readiness
 
 bp = Blueprint("ops", __name__)
 
 
 @bp.get("/healthz")
+@documented("Liveness: the process answers", auth="none", responses={200: Health})
 def healthz() -> Response:
     """The process is alive; touches no dependency."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@documented(
+    "Readiness: Redis and the database answer",
+    auth="none",
+    responses={200: Readiness, 503: Readiness},
+)
 def readyz() -> tuple[Response, int]:
     """200 when Redis and the database answer; 503 naming the one that does not."""
     res = resources()

@@ -11,7 +11,9 @@ from flask import Blueprint, Response, jsonify
 
 from api.errors import ApiError, not_found
 from api.extensions import resources
+from api.openapi import documented
 from api.requests import parse_query
+from api.responses import TaskPage, TaskStatus
 from api.schemas import TaskListQuery
 from api.security import current_identity, require_auth
 from shared import jobs
@@ -26,6 +28,7 @@ STALE_AFTER = timedelta(seconds=60)
 
 @bp.get("/<task_id>")
 @require_auth
+@documented("A task's state, progress and result", auth="user", responses={200: TaskStatus})
 def get_task(task_id: str) -> Response:
     status = read_status(task_id, current_identity().user_id)
     if status is None:
@@ -62,6 +65,9 @@ def _stale(status: dict[str, Any]) -> bool:
 
 @bp.get("")
 @require_auth
+@documented(
+    "The caller's tasks, newest first", auth="user", query=TaskListQuery, responses={200: TaskPage}
+)
 def list_tasks() -> Response:
     query = parse_query(TaskListQuery)
     with resources().sessions() as session:
@@ -78,6 +84,12 @@ def list_tasks() -> Response:
 
 @bp.delete("/<task_id>")
 @require_auth
+@documented(
+    "Cancel a task that has not finished",
+    auth="user",
+    responses={202: TaskStatus},
+    errors=(409,),
+)
 def cancel_task(task_id: str) -> tuple[Response, int]:
     job_id = jobs.parse_job_id(task_id)
     if job_id is None:

@@ -1,0 +1,171 @@
+"""Rate limits (flask-limiter, counters in Redis): per IP, per user, per username on auth.
+
+Views opt into stricter limits with markers (`@auth_limited`, `@ai_limited`);
+`init_rate_limits` builds one Limiter per app and applies them, so several apps
+(tests, gunicorn workers) never share limiter state.
+
+When the limiter's Redis is down: login and register fail closed (503) because
+their limit is the brute-force defence; every other route fails open (served
+unlimited, logged) because its limit only protects capacity, and the same
+outage already answers 503 wherever the route itself needs Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from flask import Flask, current_app, g, request
+from flask_limiter import Limiter, RateLimitExceeded
+from limits.errors import StorageError
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from api.errors import ApiError
+from api.security import bearer_identity
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+# Never limited: probes and scrapes must work exactly when things are busy.
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# A limiter call waits at most this long on its Redis, so a dead or
+# blackholed server costs a request half a second, never a hang.
+STORAGE_TIMEOUT_SECONDS = 0.5
+_MARK = "__conveyor_rate_limits__"
+_STORAGE_ERRORS = (redis.RedisError, StorageError, OSError)
+
+
+def auth_limited(view: View) -> View:
+    """Mark a login/register view: the auth limit per IP and per username, fail closed."""
+    setattr(view, _MARK, "auth")
+    return view
+
+
+def ai_limited(view: View) -> View:
+    """Mark a view with the AI limit per user, on top of the per-user budget."""
+    setattr(view, _MARK, "ai")
+    return view
+
+
+def client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+def caller_key() -> str:
+    """The authenticated user when the bearer token is valid, else the client IP."""
+    identity = bearer_identity()
+    return f"user:{identity.user_id}" if identity else f"ip:{client_ip()}"
+
+
+def username_key() -> str:
+    """The username a login/register body names (lower-cased), so spreading IPs does not help."""
+    body = request.get_json(silent=True, cache=True)
+    username = body.get("username") if isinstance(body, dict) else None
+    if not isinstance(username, str) or not username:
+        return "username:-"
+    return f"username:{username[:64].lower()}"
+
+
+class ConveyorLimiter(Limiter):
+    """flask-limiter that records storage failures so auth routes can fail closed."""
+
+    def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True):
+        g.ratelimit_storage_failed = False
+        try:
+            super()._check_request_limit(callable_name, in_middleware)
+        except RateLimitExceeded:
+            raise
+        except _STORAGE_ERRORS as exc:
+            g.ratelimit_storage_failed = True
+            # No X-RateLimit headers from a store we cannot read.
+            self.context.reset()
+            log.warning("rate limit storage unavailable: %s", exc.__class__.__name__)
+            if _endpoint_mark() == "auth":
+                raise ApiError(
+                    503,
+                    "service_unavailable",
+                    "rate limiting is unavailable; retry shortly",
+                    {"dependency": "rate_limit_storage"},
+                    {"Retry-After": "5"},
+                ) from None
+
+
+def _endpoint_mark() -> str | None:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(view, _MARK, None)
+
+
+def storage_uri(settings: Settings) -> str:
+    """The limiter's Redis URL in the scheme the `limits` library expects."""
+    url = settings.ratelimit_storage_url or settings.redis_url
+    if url.startswith("unix://"):
+        return "redis+unix://" + url.removeprefix("unix://")
+    return url
+
+
+def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
+    """Build this app's limiter from `settings`; None when RATELIMIT_ENABLED is false."""
+    if settings.trusted_proxy_hops > 0:
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+    if not settings.ratelimit_enabled:
+        return None
+
+    def default_limit() -> str:
+        return settings.ratelimit_user if bearer_identity() else settings.ratelimit_anonymous
+
+    limiter = ConveyorLimiter(
+        caller_key,
+        # One budget per caller across the whole API (flask-limiter's default
+        # limits would count each route separately).
+        application_limits=[default_limit],
+        storage_uri=storage_uri(settings),
+        storage_options={
+            "key_prefix": f"{settings.redis_key_prefix}limits",
+            "socket_connect_timeout": STORAGE_TIMEOUT_SECONDS,
+            "socket_timeout": STORAGE_TIMEOUT_SECONDS,
+        },
+        # A fixed window is one INCR+EXPIRE per limit per request.
+        strategy="fixed-window",
+        headers_enabled=True,
+        retry_after="delta-seconds",
+        # Raised errors reach ConveyorLimiter, which decides open or closed;
+        # swallow_errors=False would also let a header read turn into a 5xx.
+        swallow_errors=False,
+        key_prefix="api",
+    )
+    limiter.init_app(app)
+    limiter.request_filter(lambda: request.path in UNLIMITED_PATHS)
+    # The after-request header read must never fail a request that was served.
+    _guard_header_injection(app, limiter)
+    for endpoint, view in app.view_functions.items():
+        mark = getattr(view, _MARK, None)
+        if mark == "auth":
+            limiter.limit(settings.ratelimit_auth, key_func=client_ip, scope="auth-ip")(view)
+            limiter.limit(settings.ratelimit_auth, key_func=username_key, scope="auth-username")(
+                view
+            )
+        elif mark == "ai":
+            limiter.limit(settings.ratelimit_ai, key_func=caller_key)(view)
+        log.debug("rate limits applied to %s: %s", endpoint, mark or "default")
+    return limiter
+
+
+def _guard_header_injection(app: Flask, limiter: Limiter) -> None:
+    """Drop the limiter's header step to a no-op when its store fails mid-request."""
+    for index, hook in enumerate(app.after_request_funcs.get(None, [])):
+        target = getattr(hook, "func", None)
+        if getattr(hook, "args", ()) == (limiter,) and target is not None:
+
+            def guarded(response, _hook=hook):
+                try:
+                    return _hook(response)
+                except _STORAGE_ERRORS as exc:
+                    log.warning("rate limit headers skipped: %s", exc.__class__.__name__)
+                    return response
+
+            app.after_request_funcs[None][index] = guarded
