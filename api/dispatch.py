@@ -8,6 +8,7 @@ from typing import Any
 from flask import Response, g, jsonify, request, url_for
 from kombu.exceptions import OperationalError as BrokerError
 
+from api.admission import ensure_queue_capacity, too_many_inflight
 from api.errors import ApiError
 from api.extensions import celery_producer, resources
 from api.security import current_identity
@@ -38,6 +39,7 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
     res = resources()
     owner_id = current_identity().user_id
     key = idempotency_key()
+    ensure_queue_capacity(jobs.KIND_QUEUES[kind])
     # A single INSERT ... ON CONFLICT is atomic by itself: autocommit saves the
     # BEGIN and COMMIT round trips on the hottest write path.
     with res.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -51,7 +53,10 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
                 request_fingerprint=jobs.request_hash(kind, request_payload) if key else None,
                 ttl_seconds=res.settings.job_ttl_seconds,
                 idempotency_ttl_seconds=res.settings.idempotency_ttl_seconds,
+                max_inflight=res.settings.max_inflight_jobs,
             )
+        except jobs.TooManyInflightJobs:
+            raise too_many_inflight(res.settings.max_inflight_jobs) from None
         except jobs.IdempotencyKeyReused:
             raise ApiError(
                 422,

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, and_, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -52,6 +52,10 @@ class JobError(Exception):
 
 class IdempotencyKeyReused(Exception):
     """The Idempotency-Key was used before with a different request body."""
+
+
+class TooManyInflightJobs(Exception):
+    """The owner already has the maximum number of unfinished jobs."""
 
 
 class JobNotFound(Exception):
@@ -168,11 +172,14 @@ def create_job(
     request_fingerprint: str | None = None,
     ttl_seconds: int,
     idempotency_ttl_seconds: int = 24 * 3600,
+    max_inflight: int | None = None,
 ) -> Submission:
     """Record a PENDING job, or return the one an earlier request with this key created.
 
     One INSERT ... ON CONFLICT DO NOTHING RETURNING: concurrent duplicates race
     on the unique (owner, key) constraint and exactly one row exists after.
+    With `max_inflight`, the same statement inserts only while the owner has
+    fewer unfinished jobs (raises TooManyInflightJobs); a replay still answers.
     `conn` should be in autocommit mode; the statement is atomic on its own.
     """
     now = utcnow()
@@ -193,15 +200,18 @@ def create_job(
         "updated_at": now,
         "expires_at": now + timedelta(seconds=ttl_seconds),
     }
-    statement = _insert_for(conn).values(**values)
+    statement = _admission_insert(conn, values, max_inflight)
     if idempotency_key is None:
-        conn.execute(statement)
+        if max_inflight is None:
+            conn.execute(statement)
+        elif conn.execute(statement.returning(Job.id)).first() is None:
+            raise TooManyInflightJobs(owner_id)
         return Submission(status_from_row(_Row(values)), replayed=False)
 
     statement = statement.on_conflict_do_nothing(
         index_elements=["owner_id", "idempotency_key"]
     ).returning(Job.id)
-    for _ in range(2):
+    for _ in range(3):
         if conn.execute(statement).first() is not None:
             return Submission(status_from_row(_Row(values)), replayed=False)
         existing = conn.execute(
@@ -209,7 +219,11 @@ def create_job(
                 Job.owner_id == owner_id, Job.idempotency_key == idempotency_key
             )
         ).first()
-        if existing is None:  # the holder was deleted between our two statements
+        if existing is None:
+            # Over the in-flight limit, or the holder was deleted between our
+            # two statements (then the next attempt inserts).
+            if max_inflight is not None:
+                raise TooManyInflightJobs(owner_id)
             continue
         if _aware(existing.created_at) < now - timedelta(seconds=idempotency_ttl_seconds):
             # Keys are kept 24 h: release the stale one and try once more.
@@ -219,6 +233,25 @@ def create_job(
             raise IdempotencyKeyReused(idempotency_key)
         return Submission(status_from_row(existing), replayed=True)
     raise RuntimeError("could not record the job after releasing a stale idempotency key")
+
+
+def _admission_insert(conn: Connection, values: dict[str, Any], max_inflight: int | None):
+    """INSERT the job; with a limit, INSERT ... SELECT that yields no row at the limit."""
+    insert = _insert_for(conn)
+    if max_inflight is None:
+        return insert.values(**values)
+    columns = Job.__table__.c
+    inflight = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner_id == values["owner_id"], Job.state.in_(UNFINISHED))
+        .scalar_subquery()
+    )
+    # Counting and inserting in one statement keeps submission at one round
+    # trip. Under concurrency the count can be a few jobs stale: the limit
+    # protects capacity, it is not an invariant.
+    row = select(*(literal(value, columns[name].type) for name, value in values.items()))
+    return insert.from_select(list(values), row.where(inflight < max_inflight))
 
 
 def delete_job(conn: Connection, job_id: uuid.UUID) -> None:

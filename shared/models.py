@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -26,6 +27,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # BIGSERIAL on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+# The unfinished states (shared.jobs.UNFINISHED), as SQL for a partial index.
+_UNFINISHED_SQL = "state IN ('PENDING', 'STARTED', 'PROGRESS', 'RETRY')"
 
 
 class Base(DeclarativeBase):
@@ -83,6 +88,13 @@ class Job(Base):
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created", "owner_id", "created_at"),
         Index("ix_jobs_state_updated", "state", "updated_at"),
+        # Admission control counts a user's unfinished jobs on every submission.
+        Index(
+            "ix_jobs_owner_unfinished",
+            "owner_id",
+            postgresql_where=text(_UNFINISHED_SQL),
+            sqlite_where=text(_UNFINISHED_SQL),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
