@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for `settings` (default: read from the environment once)."""
-    from api.routes import auth, ledger, notifications, ops, tasks
+    from api.routes import auth, cache, ledger, notifications, ops, system, tasks
     from workers.app import create_celery_app
 
     settings = settings or Settings.from_env()
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     app.before_request(_start_request)
     app.after_request(_finish_request)
-    for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp):
+    for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp, system.bp, cache.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(openapi.bp)
     init_hardening(app, settings)

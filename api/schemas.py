@@ -57,3 +57,10 @@ class MarkReadRequest(Strict):
         default=None, max_length=1000
     )
     all: bool | None = None
+
+
+class CacheWarmRequest(Strict):
+    # Absent or null: every target.
+    targets: list[Literal["balances", "transactions", "ai"]] | None = Field(
+        default=None, min_length=1, max_length=3
+    )

@@ -6,7 +6,12 @@ from celery import Celery
 
 from shared.settings import Settings
 
-TASK_MODULES = ["workers.tasks.ledger", "workers.tasks.system"]
+TASK_MODULES = [
+    "workers.tasks.ledger",
+    "workers.tasks.system",
+    "workers.tasks.cache",
+    "workers.tasks.maintenance",
+]
 
 
 def create_celery_app(settings: Settings) -> Celery:

@@ -1,0 +1,75 @@
+"""Cache warming: `cache.warm` (an admin's job, with status) and `cache.warm_scheduled` (beat)."""
+
+from __future__ import annotations
+
+from celery import Task
+
+from shared.ai.cache import AICache
+from shared.ai.providers import build_provider
+from shared.resources import Resources
+from shared.warming import TARGETS, AIWarming, Progress, WarmOutcome, warm
+from workers.app import app
+from workers.jobs import JobRun, run_job
+from workers.runtime import resources
+
+SOFT_TIME_LIMIT = 240
+TIME_LIMIT = 300
+
+
+@app.task(
+    name="cache.warm",
+    bind=True,
+    ignore_result=True,
+    soft_time_limit=SOFT_TIME_LIMIT,
+    time_limit=TIME_LIMIT,
+)
+def warm_job(self: Task, job_id: str) -> None:
+    """Warm the targets an admin asked for, reporting progress on the job."""
+    run_job(self, job_id, _warm_for_job)
+
+
+@app.task(
+    name="cache.warm_scheduled",
+    ignore_result=True,
+    soft_time_limit=SOFT_TIME_LIMIT,
+    time_limit=TIME_LIMIT,
+)
+def warm_scheduled() -> dict:
+    """Beat's warming run: every target, no job record (nobody polls it)."""
+    return run_warm(resources(), TARGETS).to_dict()
+
+
+def _warm_for_job(run: JobRun) -> str:
+    outcome = run_warm(run.res, run.params.get("targets") or TARGETS, run.progress)
+    with run.transaction() as session:
+        run.complete(session, outcome.to_dict(), message=outcome.summary()[:255])
+    return outcome.summary()
+
+
+def run_warm(res: Resources, targets, progress: Progress | None = None) -> WarmOutcome:
+    """One warming run with this process's resources and the configured knobs."""
+    settings = res.settings
+    provider = build_provider(settings) if "ai" in targets else None
+    try:
+        ai = None
+        if provider is not None:
+            ai = AIWarming(
+                cache=AICache.from_settings(res.redis, settings),
+                provider=provider,
+                top=settings.cache_warm_ai_top,
+                expiring_seconds=settings.cache_warm_ai_expiring_seconds,
+            )
+        return warm(
+            sessions=res.sessions,
+            cache=res.cache,
+            targets=targets,
+            active_seconds=settings.cache_warm_active_seconds,
+            batch_size=settings.cache_warm_batch_size,
+            # Outlives the hard limit: a killed run's lock expires on its own.
+            lock_ttl=TIME_LIMIT + 30,
+            ai=ai,
+            progress=progress,
+        )
+    finally:
+        if provider is not None:
+            provider.close()
