@@ -8,7 +8,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from api import openapi
+from api import observability, openapi
 from api.errors import register_error_handlers
 from api.hardening import init_hardening
 from api.limits import init_rate_limits
@@ -40,6 +40,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     app.before_request(_start_request)
     app.after_request(_finish_request)
+    # After _start_request, so the request id exists when the log context is bound.
+    observability.init_app(
+        app, res, [q.name for q in app.extensions["conveyor.celery"].conf.task_queues]
+    )
     for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp, system.bp, cache.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(openapi.bp)

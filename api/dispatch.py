@@ -11,6 +11,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from api.admission import ensure_queue_capacity, too_many_inflight
 from api.errors import ApiError
 from api.extensions import celery_producer, resources
+from api.metrics import JOBS_ACCEPTED
 from api.security import current_identity
 from shared import jobs
 
@@ -72,6 +73,7 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
                 # Nothing was accepted: remove the record so a retry starts clean.
                 jobs.delete_job(conn, jobs.parse_job_id(task_id))
                 raise
+            JOBS_ACCEPTED.labels(kind).inc()
     return accepted(kind, task_id, replayed=submission.replayed)
 
 

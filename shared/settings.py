@@ -130,6 +130,10 @@ class Settings:
     cors_origins: str = _env("CORS_ORIGINS", default="")
     flower_port: int = _env("FLOWER_PORT", default=5555)
     flower_basic_auth: str = _env("FLOWER_BASIC_AUTH", default="")
+    # Port of the worker's own Prometheus exporter (task metrics); 0 turns it off.
+    worker_metrics_port: int = _env("WORKER_METRICS_PORT", default=0)
+    # X-Query-Count on every response, to catch N+1 queries; always on outside production.
+    debug_query_count: bool = _env("DEBUG_QUERY_COUNT", default=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -32,3 +32,6 @@ def create_celery_app(settings: Settings) -> Celery:
 
 
 app = create_celery_app(Settings.from_env())
+
+# Connects the logging, log-context and task-metrics signal handlers.
+import workers.observability  # noqa: E402, F401

@@ -1,0 +1,83 @@
+"""Per-request observability: log context, access line, slow requests, metrics, query count."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import CollectorRegistry
+
+from api import metrics
+from shared import logging_setup, slow_queries
+from shared.resources import Resources
+
+access_log = logging.getLogger("conveyor.access")
+
+
+def init_app(app: Flask, res: Resources, queues: list[str]) -> None:
+    """Install logging, request hooks and the metrics endpoint on `app`."""
+    logging_setup.configure_logging(res.settings)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(metrics.QueueDepthCollector(res.redis, res.keys, queues))
+    registry.register(metrics.CacheStatsCollector(res.redis, res.keys))
+    app.extensions["conveyor.metrics"] = registry
+    metrics.instrument_pool(res.engine)
+    app.config["CONVEYOR_COUNT_QUERIES"] = (
+        not res.settings.is_production or res.settings.debug_query_count
+    )
+    app.before_request(_begin)
+    app.after_request(_end)
+    app.teardown_request(_teardown)
+    app.register_blueprint(metrics.bp)
+
+
+def _begin() -> None:
+    g.obs_started = time.perf_counter()
+    metrics.IN_FLIGHT.inc()
+    g.obs_in_flight = True
+    logging_setup.clear()
+    logging_setup.bind(request_id=g.get("request_id"))
+    if _counting():
+        g.query_box = slow_queries.start_counting()
+
+
+def _end(response: Response) -> Response:
+    elapsed = time.perf_counter() - g.get("obs_started", time.perf_counter())
+    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    if route != "/metrics":  # scrapes would otherwise dominate the latency histogram
+        metrics.HTTP_LATENCY.labels(route, request.method, str(response.status_code)).observe(
+            elapsed
+        )
+    identity = g.get("identity")
+    fields = {
+        "method": request.method,
+        "route": route,
+        "path": request.path,
+        "status": response.status_code,
+        "duration_ms": round(elapsed * 1000, 2),
+        "request_id": g.get("request_id"),
+        "user_id": getattr(identity, "user_id", None),
+    }
+    box = g.get("query_box")
+    if box is not None:
+        fields["query_count"] = box[0]
+        response.headers["X-Query-Count"] = str(box[0])
+    settings = current_app.extensions["conveyor"].settings
+    if elapsed >= settings.slow_request_seconds:
+        access_log.warning("slow request %s %s", request.method, route, extra=fields)
+    else:
+        access_log.info("%s %s %s", request.method, route, response.status_code, extra=fields)
+    return response
+
+
+def _teardown(_exc: BaseException | None) -> None:
+    if g.pop("obs_in_flight", False):
+        metrics.IN_FLIGHT.dec()
+    if g.pop("query_box", None) is not None:
+        slow_queries.stop_counting()
+    logging_setup.clear()
+
+
+def _counting() -> bool:
+    return bool(current_app.config.get("CONVEYOR_COUNT_QUERIES"))

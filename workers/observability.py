@@ -1,0 +1,207 @@
+"""Celery signal hooks: JSON logging, per-task log context and task metrics for workers and beat.
+
+prometheus_client is imported only inside functions: a prefork worker must
+choose its metrics mode (per-process or multiprocess files) in `worker_init`,
+before anything imports the library, because the library fixes that choice at
+import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime
+from typing import Any
+
+from celery import Task
+from celery.signals import (
+    before_task_publish,
+    setup_logging,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    task_success,
+    worker_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
+
+from shared import logging_setup
+
+log = logging.getLogger("conveyor.tasks")
+
+# perf_counter at task start, by task id (one entry per task running in this process).
+_started: dict[str, float] = {}
+_metrics_dir: str | None = None
+
+
+@functools.cache
+def task_metrics() -> dict[str, Any]:
+    """The task metric objects, created on first use (after the metrics mode is fixed)."""
+    from prometheus_client import Counter, Histogram
+
+    buckets = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+    return {
+        "started": Counter("conveyor_task_started", "Tasks started.", ["task"]),
+        "succeeded": Counter("conveyor_task_succeeded", "Tasks that returned.", ["task"]),
+        "failed": Counter("conveyor_task_failed", "Tasks that raised.", ["task"]),
+        "retried": Counter("conveyor_task_retried", "Task retries scheduled.", ["task"]),
+        "runtime": Histogram(
+            "conveyor_task_runtime_seconds", "Task run time.", ["task"], buckets=buckets
+        ),
+        "queue_wait": Histogram(
+            "conveyor_task_queue_wait_seconds",
+            "Time from publish (or retry ETA) to start.",
+            ["task"],
+            buckets=buckets,
+        ),
+    }
+
+
+def request_context(task: Task) -> dict[str, Any]:
+    """Log fields for the task being run: request id, task id, job kind, user id."""
+    request = task.request
+    headers = request.headers or {}
+    return {
+        "request_id": getattr(request, "request_id", None) or headers.get("request_id"),
+        "task_id": request.id,
+        "job_kind": task.name,
+        "user_id": getattr(request, "user_id", None) or headers.get("user_id"),
+        "retries": request.retries or None,
+    }
+
+
+def queue_wait_seconds(task: Task, now: float) -> float | None:
+    """Seconds between the message's publish time (or its retry ETA) and `now`."""
+    request = task.request
+    sent_at = getattr(request, "sent_at", None) or (request.headers or {}).get("sent_at")
+    if sent_at is None:
+        return None
+    ready_at = float(sent_at)
+    if request.eta:
+        with contextlib.suppress(ValueError):
+            ready_at = max(ready_at, datetime.fromisoformat(str(request.eta)).timestamp())
+    return max(0.0, now - ready_at)
+
+
+@setup_logging.connect
+def _setup_logging(**_kwargs: Any) -> None:
+    # Connecting here stops Celery from configuring logging itself: worker and
+    # beat (and Celery's own loggers) write Conveyor's JSON lines.
+    from workers.app import app
+
+    logging_setup.configure_logging(app.conf.conveyor_settings)
+
+
+@before_task_publish.connect
+def _stamp_message(headers: dict[str, Any] | None = None, **_kwargs: Any) -> None:
+    if headers is None:
+        return
+    # The publish time, for queue-wait; a retry is a new publish and is restamped.
+    headers["sent_at"] = time.time()
+    # Tasks published by a task inherit the request id that caused them.
+    context = logging_setup.current_context()
+    if not headers.get("request_id") and context.get("request_id"):
+        headers["request_id"] = context["request_id"]
+
+
+@task_prerun.connect
+def _task_started(task_id: str = "", task: Task | None = None, **_kwargs: Any) -> None:
+    if task is None:
+        return
+    logging_setup.clear()
+    logging_setup.bind(**request_context(task))
+    _started[task_id] = time.perf_counter()
+    metrics = task_metrics()
+    metrics["started"].labels(task.name).inc()
+    wait = queue_wait_seconds(task, time.time())
+    if wait is not None:
+        metrics["queue_wait"].labels(task.name).observe(wait)
+    log.info("task started", extra={"queue_wait_ms": None if wait is None else round(wait * 1000)})
+
+
+@task_postrun.connect
+def _task_finished(
+    task_id: str = "", task: Task | None = None, state: str | None = None, **_kwargs: Any
+) -> None:
+    started = _started.pop(task_id, None)
+    if task is not None and started is not None:
+        runtime = time.perf_counter() - started
+        task_metrics()["runtime"].labels(task.name).observe(runtime)
+        log.info("task finished", extra={"state": state, "duration_ms": round(runtime * 1000, 2)})
+    logging_setup.clear()
+
+
+@task_success.connect
+def _task_succeeded(sender: Task | None = None, **_kwargs: Any) -> None:
+    if sender is not None:
+        task_metrics()["succeeded"].labels(sender.name).inc()
+
+
+@task_failure.connect
+def _task_failed(sender: Task | None = None, **_kwargs: Any) -> None:
+    if sender is not None:
+        task_metrics()["failed"].labels(sender.name).inc()
+
+
+@task_retry.connect
+def _task_retried(sender: Task | None = None, **_kwargs: Any) -> None:
+    if sender is not None:
+        task_metrics()["retried"].labels(sender.name).inc()
+
+
+def start_metrics_server(port: int, *, multiprocess_dir: str | None = None) -> Any:
+    """Serve task metrics on `port` (aggregating `multiprocess_dir` when given)."""
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+    registry = REGISTRY
+    if multiprocess_dir:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)
+    server, _thread = start_http_server(port, registry=registry)
+    return server
+
+
+@worker_init.connect
+def _worker_init(sender: Any = None, **_kwargs: Any) -> None:
+    global _metrics_dir
+    from workers.app import app
+
+    port = app.conf.conveyor_settings.worker_metrics_port
+    # Never write into a directory inherited from the web process's environment.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if not port:
+        return
+    from celery import concurrency
+
+    # Still a name like "prefork" or "gevent" here; Celery resolves it just after.
+    pool = concurrency.get_implementation(getattr(sender, "pool_cls", None) or "prefork")
+    if "prefork" in pool.__module__:
+        # Prefork children each count their own tasks; they share them through
+        # files in a directory private to this worker and fresh on every start.
+        _metrics_dir = tempfile.mkdtemp(prefix="conveyor-worker-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    start_metrics_server(port, multiprocess_dir=_metrics_dir)
+    log.info("task metrics on :%s (%s)", port, "multiprocess" if _metrics_dir else "in-process")
+
+
+@worker_process_shutdown.connect
+def _child_exit(pid: int | None = None, **_kwargs: Any) -> None:
+    if _metrics_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid(), path=_metrics_dir)
+
+
+@worker_shutdown.connect
+def _worker_exit(**_kwargs: Any) -> None:
+    if _metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
