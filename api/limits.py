@@ -142,16 +142,20 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
     limiter.request_filter(lambda: request.path in UNLIMITED_PATHS)
     # The after-request header read must never fail a request that was served.
     _guard_header_injection(app, limiter)
-    for endpoint, view in app.view_functions.items():
+    # Route limits run in flask-limiter's view wrapper, so the app must serve
+    # the wrapped function; wraps() keeps the markers and OpenAPI declaration.
+    for endpoint, view in list(app.view_functions.items()):
         mark = getattr(view, _MARK, None)
         if mark == "auth":
-            limiter.limit(settings.ratelimit_auth, key_func=client_ip, scope="auth-ip")(view)
-            limiter.limit(settings.ratelimit_auth, key_func=username_key, scope="auth-username")(
-                view
+            by_ip = limiter.limit(settings.ratelimit_auth, key_func=client_ip, scope="auth-ip")
+            by_name = limiter.limit(
+                settings.ratelimit_auth, key_func=username_key, scope="auth-username"
             )
+            app.view_functions[endpoint] = by_name(by_ip(view))
         elif mark == "ai":
-            limiter.limit(settings.ratelimit_ai, key_func=caller_key)(view)
-        log.debug("rate limits applied to %s: %s", endpoint, mark or "default")
+            app.view_functions[endpoint] = limiter.limit(
+                settings.ratelimit_ai, key_func=caller_key
+            )(view)
     return limiter
 
 
