@@ -15,9 +15,11 @@ IDEMPOTENT_KINDS = ("ledger.transaction", "ledger.random")
 MAINTENANCE = {"ignore_result": True, "soft_time_limit": 110, "time_limit": 120}
 
 
-def _publisher(celery: Celery) -> maintenance.Publish:
+def publisher(celery: Celery) -> maintenance.Publish:
+    """A `Publish` that sends the job's message again, as the API first did."""
+
     def publish(kind: str, job_id: str, queue: str) -> None:
-        # The job id is the task id, as when the API first published it.
+        # Same task id as the first message: the job id.
         celery.send_task(kind, args=[job_id], task_id=job_id, queue=queue, ignore_result=True)
 
     return publish
@@ -65,7 +67,7 @@ def redispatch_lost() -> dict:
         res.sessions,
         res.redis,
         res.settings.redis_key_prefix,
-        _publisher(app),
+        publisher(app),
         older_than_seconds=res.settings.redispatch_after_seconds,
     )
     return {"redispatched": ids}
@@ -79,7 +81,7 @@ def reap_stuck() -> dict:
         res.sessions,
         res.statuses,
         res.notifications,
-        _publisher(app),
+        publisher(app),
         time_limits=hard_time_limits(app),
         grace_seconds=res.settings.stuck_grace_seconds,
         idempotent_kinds=IDEMPOTENT_KINDS,
