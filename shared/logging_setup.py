@@ -119,6 +119,8 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> logging.Hand
     setattr(handler, _OWNED, True)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # Python warnings (deprecations, Celery's security notes) become log lines too.
+    logging.captureWarnings(True)
     # Gunicorn's error log has its own handlers; give them our format too so
     # the web container writes one kind of line.
     for existing in logging.getLogger("gunicorn.error").handlers:

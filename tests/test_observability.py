@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from shared import accounts, logging_setup
 from shared.slow_queries import SlowQueryLog, fingerprint
-from tests.support import fund, wait_for_state
+from tests.support import wait_for_state
 
 
 class CapturedLines:

@@ -21,6 +21,7 @@ from typing import Any
 from celery import Task
 from celery.signals import (
     before_task_publish,
+    celeryd_init,
     setup_logging,
     task_failure,
     task_postrun,
@@ -97,6 +98,16 @@ def _setup_logging(**_kwargs: Any) -> None:
     from workers.app import app
 
     logging_setup.configure_logging(app.conf.conveyor_settings)
+
+
+@celeryd_init.connect
+def _quiet_banner(instance: Any = None, **_kwargs: Any) -> None:
+    from workers.app import app
+
+    # The multi-line start-up banner is not a log line; JSON log pipelines
+    # would split it into garbage records.
+    if instance is not None and app.conf.conveyor_settings.log_format == "json":
+        instance.quiet = True
 
 
 @before_task_publish.connect

@@ -1,0 +1,100 @@
+"""/metrics under real gunicorn with two workers: counts from both processes add up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from shared.settings import ROOT
+from tests.test_metrics import free_port, value
+
+
+def _get(url: str) -> int:
+    # A fresh connection per request, so the kernel spreads them over both workers.
+    with urllib.request.urlopen(url, timeout=10) as response:
+        response.read()
+        return response.status
+
+
+@pytest.fixture
+def gunicorn(database_url: str, tmp_path: Path):
+    """gunicorn.conf.py as deployed, two workers, a private PROMETHEUS_MULTIPROC_DIR."""
+    port = free_port()
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    log = (tmp_path / "gunicorn.log").open("w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "api.wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _get(f"{base}/healthz") == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert process.poll() is None, (tmp_path / "gunicorn.log").read_text()
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.2)
+        yield base, metrics_dir
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _served_by(metrics_dir: Path) -> set[str]:
+    """Worker pids that have written histogram samples (one file per process)."""
+    return {path.stem.rpartition("_")[2] for path in metrics_dir.glob("histogram_*.db")}
+
+
+def test_metrics_from_two_gunicorn_workers_add_up(gunicorn):
+    base, metrics_dir = gunicorn
+    labels = {"route": "/healthz", "method": "GET", "status": "200"}
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        before = value(
+            response.read().decode(), "conveyor_http_request_duration_seconds_count", **labels
+        )
+
+    sent = 0
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        # Keep sending until both workers have served some (bounded).
+        while sent < 400 and (sent < 40 or len(_served_by(metrics_dir)) < 2):
+            statuses = list(pool.map(_get, [f"{base}/healthz"] * 20))
+            assert statuses == [200] * 20
+            sent += 20
+    assert len(_served_by(metrics_dir)) >= 2, "every request landed on one worker"
+
+    # Whichever worker answers the scrape, it reports the sum over both.
+    for _ in range(4):
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        counted = value(text, "conveyor_http_request_duration_seconds_count", **labels)
+        assert counted - before == sent
+        assert value(text, "conveyor_http_requests_in_flight") >= 0
+        assert value(text, "conveyor_db_pool_size") >= 2  # livesum over both workers' pools
