@@ -10,6 +10,9 @@ from api.errors import ApiError
 from api.requests import MAX_BODY_BYTES
 from shared.settings import Settings
 
+# A refused body is read and discarded up to this much, so the client can
+# finish sending and read our 413; past it the connection is simply closed.
+DRAIN_MAX_BYTES = 16 * 1024 * 1024
 # Small bodies gain nothing from gzip and pay its CPU and latency.
 COMPRESS_MIN_BYTES = 500
 # One year, the preload list's minimum; only sent in production (behind TLS).
@@ -65,6 +68,8 @@ def init_hardening(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
+        if response.status_code == 413:
+            _drain_request_body(response)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         # Responses carry per-user data and job state: no cache may keep them.
@@ -72,6 +77,26 @@ def init_hardening(app: Flask, settings: Settings) -> None:
         if production:
             response.headers.setdefault("Strict-Transport-Security", HSTS)
         return response
+
+
+def _drain_request_body(response: Response) -> None:
+    # Answering while the client is still sending makes the server close a
+    # socket with unread data: the client sees a reset, not our JSON error.
+    stream = request.environ.get("wsgi.input")
+    length = request.content_length
+    if stream is None or (length is not None and length > DRAIN_MAX_BYTES):
+        response.headers["Connection"] = "close"
+        return
+    remaining = DRAIN_MAX_BYTES
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(65536, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+    except (OSError, ValueError):
+        pass
+    response.headers["Connection"] = "close"
 
 
 def _refuse_large_bodies() -> None:

@@ -18,6 +18,10 @@ MAX_BODY_BYTES = 1024 * 1024
 def parse_body(model: type[Model], *, optional: bool = False) -> Model:
     """The JSON body validated against `model`; an absent body is `{}` when optional."""
     raw = request.get_data(cache=True)  # Flask enforces MAX_CONTENT_LENGTH (413) here
+    if request.content_length is None and len(raw) >= MAX_BODY_BYTES:
+        # A chunked body has no length: werkzeug stops at the limit without
+        # complaint, and only a read past it raises the 413 (not a 400 later).
+        request.stream.read(1)
     if not raw.strip() and optional:
         return validate(model, {})
     if request.mimetype != "application/json":
