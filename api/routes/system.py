@@ -18,11 +18,29 @@ bp = Blueprint("system", __name__, url_prefix="/api/v1/system")
 AI_KEY_PATTERN = "ai:v1:*"
 
 
+class CacheNamespaceStats(BaseModel):
+    hits: int
+    misses: int
+    hit_rate: float | None
+    keys: int
+
+
+class CacheStats(BaseModel):
+    """Counters shared by every web and worker process; keys counted live."""
+
+    namespaces: dict[str, CacheNamespaceStats]
+    totals: CacheNamespaceStats
+
+
 @bp.get("/cache-stats")
 @require_admin
+@documented("Cache hits, misses and keys per namespace", auth="admin", responses={200: CacheStats})
 def cache_stats() -> Response:
     """Hits, misses, hit rate and live keys per cache namespace, across all processes."""
-    namespaces = resources().cache.stats({"ai": AI_KEY_PATTERN})
+    try:
+        namespaces = resources().cache.stats({"ai": AI_KEY_PATTERN})
+    except redis.RedisError:
+        raise ApiError(503, "dependency_unavailable", "redis unavailable") from None
     hits = sum(stats["hits"] for stats in namespaces.values())
     misses = sum(stats["misses"] for stats in namespaces.values())
     totals = {
