@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -213,3 +214,29 @@ def test_unique_users_do_not_share_cache_entries(client, make_user, resources):
     resources.cache.invalidate(user_scope(first_id))
     assert _wallet(client, first_headers)["balance"] == 10
     assert _wallet(client, second_headers)["balance"] == 0
+
+
+def test_warming_refreshes_popular_ai_entries_about_to_expire(resources):
+    from shared.ai.cache import AICache
+    from shared.ai.providers import OfflineProvider
+    from shared.ai.request import AIRequest
+    from shared.warming import AIWarming
+
+    provider = OfflineProvider()
+    ai_cache = AICache.from_settings(resources.redis, resources.settings)
+    tag = uuid.uuid4().hex[:8]
+    expiring = AIRequest("text", f"expiring prompt {tag}", {})
+    healthy = AIRequest("text", f"healthy prompt {tag}", {})
+    model = provider.model_for("text")
+    for request in (expiring, healthy):
+        ai_cache.get_or_compute(request, provider.name, model, lambda: {"text": "old"})
+        # Popular enough to rank above any prompt other tests recorded.
+        resources.redis.zincrby(ai_cache.popular_key, 10**9, request.canonical_json())
+    resources.redis.expire(ai_cache.key(expiring, provider.name, model), 30)
+
+    warming = AIWarming(cache=ai_cache, provider=provider, top=20, expiring_seconds=600)
+    outcome = _warm(resources, targets=("ai",), ai=warming)
+    assert outcome.ai_refreshed >= 1
+    assert ai_cache.ttl_remaining(expiring, provider.name, model) > 600
+    assert ai_cache.get(expiring, provider.name, model)["text"] != "old"  # recomputed
+    assert ai_cache.get(healthy, provider.name, model) == {"text": "old"}  # left alone
