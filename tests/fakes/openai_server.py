@@ -58,6 +58,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    received_at: float = field(default_factory=time.monotonic)  # for gaps between requests
 
     @property
     def json(self) -> Any:
@@ -110,6 +111,8 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._script: deque[Scripted] = deque()
         self._requests: list[RecordedRequest] = []
+        self._in_flight = 0
+        self._max_in_flight = 0
         self._closing = threading.Event()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.fake = self
@@ -157,12 +160,28 @@ class FakeOpenAIServer:
         with self._lock:
             self._script.clear()
             self._requests.clear()
+            self._max_in_flight = self._in_flight
 
     @property
     def requests(self) -> list[RecordedRequest]:
         """Every request received so far, oldest first (a copy)."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most scripted or default answers that were being prepared at once."""
+        with self._lock:
+            return self._max_in_flight
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     @property
     def calls(self) -> int:
@@ -234,12 +253,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, json.dumps(body).encode(), {})
             return
         scripted = fake._next(recorded)
-        if scripted.delay and fake._closing.wait(scripted.delay):
-            return
-        if scripted.drop:
-            self.close_connection = True
-            return
-        self._send(scripted.status, self._body(scripted, recorded), scripted.headers)
+        # Counted from arrival to the last byte: overlapping clients overlap here.
+        fake._enter()
+        try:
+            if scripted.delay and fake._closing.wait(scripted.delay):
+                return
+            if scripted.drop:
+                self.close_connection = True
+                return
+            self._send(scripted.status, self._body(scripted, recorded), scripted.headers)
+        finally:
+            fake._leave()
 
     def _body(self, scripted: Scripted, recorded: RecordedRequest) -> bytes:
         if scripted.raw is not None:
