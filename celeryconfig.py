@@ -6,7 +6,8 @@ from kombu import Exchange, Queue
 
 from beat_schedule import beat_schedule  # noqa: F401 - read by Celery as a setting
 
-# Longest hard time limit of any task (ai.*: 120 s) plus the longest retry
+# Longest hard time limit of any task (ai.*: 2 x AI_TIMEOUT_SECONDS + 45 s,
+# 165 s by default; workers/tasks/ai.py refuses to load past this) plus the longest retry
 # countdown we schedule (300 s). Redis redelivers an unacked message after
 # this long, so it must exceed both or a healthy task would run twice.
 VISIBILITY_TIMEOUT_SECONDS = 3600

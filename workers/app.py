@@ -11,6 +11,7 @@ TASK_MODULES = [
     "workers.tasks.system",
     "workers.tasks.cache",
     "workers.tasks.maintenance",
+    "workers.tasks.ai",
 ]
 
 
@@ -35,3 +36,9 @@ app = create_celery_app(Settings.from_env())
 
 # Connects the logging, log-context and task-metrics signal handlers.
 import workers.observability  # noqa: E402, F401
+
+# `worker_ai` runs `-P gevent`: Celery monkey-patches before importing this
+# module, and psycopg2 must then yield to other greenlets while it waits.
+from workers.gevent_support import patch_psycopg_for_gevent  # noqa: E402
+
+patch_psycopg_for_gevent()

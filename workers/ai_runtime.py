@@ -1,0 +1,58 @@
+"""Per-process AI provider and result cache for the `ai.*` tasks, rebuilt after a fork.
+
+One provider per process means one pooled httpx client: the up to
+AI_WORKER_CONCURRENCY greenlets of a gevent worker share its connections.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from celery.signals import worker_process_init
+
+from shared.ai.cache import AICache
+from shared.ai.providers import Provider, build_provider
+from workers.app import app
+from workers.runtime import resources
+
+_lock = threading.Lock()  # cooperative under gevent's monkey-patching
+_provider: Provider | None = None
+_cache: AICache | None = None
+
+
+def provider() -> Provider:
+    """This process's provider, built from the app's settings on first use."""
+    global _provider
+    with _lock:
+        if _provider is None:
+            _provider = build_provider(app.conf.conveyor_settings)
+        return _provider
+
+
+def cache() -> AICache:
+    """This process's AI result cache, on the process's Redis client."""
+    global _cache
+    client = resources().redis
+    with _lock:
+        # Rebuilt when workers.runtime rebuilt the Redis client underneath it.
+        if _cache is None or _cache.redis is not client:
+            _cache = AICache.from_settings(client, app.conf.conveyor_settings)
+        return _cache
+
+
+def reset() -> None:
+    """Close and forget the provider and cache (tests that change settings)."""
+    global _provider, _cache
+    with _lock:
+        if _provider is not None:
+            _provider.close()
+        _provider = None
+        _cache = None
+
+
+@worker_process_init.connect
+def _after_fork(**_kwargs) -> None:
+    # The parent's pooled sockets must not be shared; drop, don't close, them.
+    global _provider, _cache
+    _provider = None
+    _cache = None
