@@ -268,10 +268,14 @@ def _reap_one(
                     updated_at=now,
                 )
             )
+            status = jobs.get_status(session, job_id, row.owner_id)
         else:
             error = JobError("timeout", "the job ran past its time limit and was stopped")
             status = jobs.finish(session, job_id, state="FAILURE", error=error)
     if redispatch:
+        # The live document still says STARTED; correct it before the new
+        # attempt can write its own, or this write would land after it.
+        _write_status(statuses, row.owner_id, status)
         publish(row.kind, str(job_id), row.queue)
         outcome.redispatched.append(str(job_id))
         return
@@ -287,3 +291,12 @@ def _reap_one(
         )
     except redis.RedisError:
         log.warning("status of reaped job %s not published", job_id, exc_info=True)
+
+
+def _write_status(statuses: jobs.StatusStore, owner_id: int, status: dict | None) -> None:
+    if status is None:
+        return
+    try:
+        statuses.write(owner_id, status)
+    except redis.RedisError:
+        log.warning("status of job %s not published", status["task_id"], exc_info=True)

@@ -111,6 +111,10 @@ def test_reaper_fails_stuck_jobs_and_reruns_idempotent_ones(celery_app, resource
         **(stale | {"attempts": 3}),
     )
     running = _job(resources, user_id, "ai.text", {"prompt": "hi"}, state="STARTED", attempts=1)
+    # The dead worker's last live document.
+    with resources.sessions() as session:
+        started = jobs.get_status(session, uuid.UUID(stuck_ledger), user_id)
+    resources.statuses.write(user_id, started)
 
     def reap() -> maintenance.ReapOutcome:
         return maintenance.reap_stuck(
@@ -138,6 +142,7 @@ def test_reaper_fails_stuck_jobs_and_reruns_idempotent_ones(celery_app, resource
     notes = [n for n in resources.notifications.recent(user_id) if n["task_id"] == stuck_ai]
     assert [n["type"] for n in notes] == ["job.failed"]
     assert _row(resources, running).state == "STARTED"
+    assert resources.statuses.read(stuck_ledger, user_id)["state"] == "PENDING"
 
     with running_worker(celery_app, queues="ledger"):
         rerun = _wait_for_row_state(resources, stuck_ledger, "SUCCESS")
