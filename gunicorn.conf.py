@@ -38,6 +38,39 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # gunicorn's would duplicate it in another format.
 accesslog = None
 errorlog = "-"
+# Gunicorn's own lines (the arbiter's start, worker boots and timeouts) in the
+# app's format (LOG_FORMAT: json or console), with the same secret redaction.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        "redact": {"()": "shared.logging_setup.RedactingFilter"},
+    },
+    "formatters": {
+        "conveyor": {
+            "()": "shared.logging_setup.build_formatter",
+            "log_format": os.environ.get("LOG_FORMAT", "json"),
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "conveyor",
+            "filters": ["redact"],
+            "stream": "ext://sys.stderr",
+        },
+        "discard": {"class": "logging.NullHandler"},
+    },
+    # The app adds its own root handler in each worker (create_app); one here
+    # as well would print every app line twice.
+    "root": {"level": os.environ.get("LOG_LEVEL", "INFO").upper(), "handlers": []},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["console"], "propagate": False},
+        # A logging config switches gunicorn's access log on; conveyor.access
+        # already writes one richer line per request.
+        "gunicorn.access": {"handlers": ["discard"], "propagate": False},
+    },
+}
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 proc_name = "conveyor-web"
 

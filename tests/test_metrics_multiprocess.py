@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,8 @@ def gunicorn(database_url: str, tmp_path: Path):
         "PORT": str(port),
         "WEB_CONCURRENCY": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
     }
     log = (tmp_path / "gunicorn.log").open("w")
     process = subprocess.Popen(
@@ -57,7 +60,7 @@ def gunicorn(database_url: str, tmp_path: Path):
             assert process.poll() is None, (tmp_path / "gunicorn.log").read_text()
             assert time.monotonic() < deadline, "gunicorn did not start"
             time.sleep(0.2)
-        yield base, metrics_dir
+        yield base, metrics_dir, tmp_path / "gunicorn.log"
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -74,7 +77,7 @@ def _served_by(metrics_dir: Path) -> set[str]:
 
 
 def test_metrics_from_two_gunicorn_workers_add_up(gunicorn):
-    base, metrics_dir = gunicorn
+    base, metrics_dir, _log = gunicorn
     labels = {"route": "/healthz", "method": "GET", "status": "200"}
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
         before = value(
@@ -98,3 +101,17 @@ def test_metrics_from_two_gunicorn_workers_add_up(gunicorn):
         assert counted - before == sent
         assert value(text, "conveyor_http_requests_in_flight") >= 0
         assert value(text, "conveyor_db_pool_size") >= 2  # livesum over both workers' pools
+
+
+def test_gunicorn_and_app_write_only_json_lines(gunicorn):
+    base, _metrics_dir, log_path = gunicorn
+    assert _get(f"{base}/healthz?probe=json") == 200
+    deadline = time.monotonic() + 10
+    while "/healthz" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+    loggers = {record["logger"] for record in records}
+    assert {"gunicorn.error", "conveyor.access"} <= loggers  # arbiter and app alike
+    access = [r for r in records if r["logger"] == "conveyor.access"]
+    assert all(r["route"] == "/healthz" and r["status"] == 200 for r in access)
+    assert "gunicorn.access" not in loggers  # conveyor.access is the one access line
