@@ -33,6 +33,8 @@ def test_inflight_cap_answers_429_and_frees_up_when_a_job_finishes(
             "/api/v1/transactions", json=CREDIT, headers={**headers, "Idempotency-Key": "first"}
         )
         assert first.status_code == 202
+        # Counting and inserting is one statement: one database round trip.
+        assert first.headers["X-Query-Count"] == "1"
         for _ in range(2):
             assert (
                 client.post("/api/v1/transactions", json=CREDIT, headers=headers).status_code == 202
