@@ -1,0 +1,334 @@
+"""Each scenario of `make bench`, run in one order against one stack so ratios compare."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench import profiling, wrk
+from bench.client import ApiClient, submit_many, wait_until
+from bench.naive_app import create_celery
+from bench.report import Figure
+from bench.stack import (
+    BenchDatabase,
+    Processes,
+    celery_worker_argv,
+    free_port,
+    gunicorn_argv,
+    wait_http,
+)
+
+PASSWORD = "bench-password-123"
+CREDIT = {"type": "credit", "amount": 100, "description": "bench"}
+TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
+
+
+@dataclass
+class Options:
+    """How long and how hard each scenario runs."""
+
+    duration: float = 10.0
+    warmup: float = 3.0
+    repeat: int = 1
+    connections: int = 32
+    threads: int = 2
+    drain_jobs: int = 5000
+    latency_jobs: int = 200
+    submit_users: int = 1000
+    ledger_concurrency: int = 0  # 0: one process per core, as the Procfile runs it
+    ai_concurrencies: tuple[int, ...] = (10, 50, 100)
+    ai_latency: float = 0.2
+    profile: bool = True
+
+
+@dataclass
+class Bench:
+    """The scenarios, sharing one database, one Redis prefix and one set of processes."""
+
+    options: Options
+    db: BenchDatabase
+    redis: redis.Redis
+    redis_url: str
+    prefix: str
+    env: dict[str, str]
+    procs: Processes
+    work_dir: Path
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    profiles: dict[str, str] = field(default_factory=dict)
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def start_web(self, name: str, app_spec: str, env: dict[str, str]) -> str:
+        port = free_port()
+        self.procs.start(name, gunicorn_argv(app_spec, port), env)
+        base = f"http://127.0.0.1:{port}"
+        health = "/health" if "naive" in name else "/healthz"
+        wait_http(base + health, check=lambda: self.procs.check_alive(name))
+        return base
+
+    def start_worker(self, name: str, pool: str, queues: str, concurrency: int) -> None:
+        self.procs.start(name, celery_worker_argv(pool, queues, concurrency, name), self.env)
+
+    def load(
+        self, section: str, name: str, base: str, script: Path, *, profile_as: str = ""
+    ) -> Figure:
+        """Warm up, then `repeat` measured wrk runs; the median run by rate is reported."""
+        opts = self.options
+        wrk.run(base, script, duration=opts.warmup, connections=opts.connections, threads=2)
+        runs = [
+            wrk.run(
+                base,
+                script,
+                duration=opts.duration,
+                connections=opts.connections,
+                threads=opts.threads,
+            )
+            for _ in range(opts.repeat)
+        ]
+        median = sorted(runs, key=lambda r: r.requests_per_second)[len(runs) // 2]
+        errors = sum(r.errors for r in runs)
+        fig = Figure(
+            section,
+            name,
+            median.requests_per_second,
+            p50_ms=median.p50_ms,
+            p99_ms=median.p99_ms,
+            note=f"{errors} errors" if errors else "",
+            runs=[r.requests_per_second for r in runs],
+        )
+        self.figures.append(fig)
+        print(f"  {name}: {fig.rate:,.0f} req/s, p50 {fig.p50_ms:.2f} ms, p99 {fig.p99_ms:.2f} ms")
+        if profile_as and opts.profile:
+            self.profile(profile_as, base, script)
+        return fig
+
+    def profile(self, label: str, base: str, script: Path) -> None:
+        """One extra, unreported load run with py-spy attached to the web server."""
+        raw = self.work_dir / f"profile-{label}.txt"
+        spy = profiling.start(self.procs.pid("web"), raw, self.options.duration)
+        if spy is None:
+            self.profiles[label] = "_py-spy not installed (`pip install -r requirements-dev.txt`)_"
+            return
+        time.sleep(0.5)  # let py-spy attach before the load starts
+        wrk.run(base, script, duration=self.options.duration, connections=32, threads=2)
+        spy.wait(30)
+        self.profiles[label] = profiling.summarise(raw) if raw.exists() else "_py-spy failed_"
+
+    def script(self, name: str, paths: list[str], **kwargs: Any) -> Path:
+        return wrk.write_script(self.work_dir / f"{name}.lua", paths, **kwargs)
+
+    def job_window(self, ids: list[str]) -> tuple[int, int, float]:
+        """(succeeded, terminal, seconds from the first start to the last finish) of `ids`."""
+        ((succeeded, terminal, seconds),) = self.db.query(
+            "SELECT count(*) FILTER (WHERE state = 'SUCCESS'),"
+            " count(*) FILTER (WHERE state IN ('SUCCESS', 'FAILURE', 'REVOKED')),"
+            " EXTRACT(EPOCH FROM max(finished_at) - min(started_at))"
+            " FROM jobs WHERE id = ANY(%s::uuid[])",
+            (ids,),
+        )
+        return succeeded, terminal, float(seconds or 0.0)
+
+    def wait_terminal(self, ids: list[str], timeout: float) -> bool:
+        return wait_until(lambda: self.job_window(ids)[1] >= len(ids), timeout, interval=0.5)
+
+    def purge(self, queue: str) -> None:
+        # kombu's Redis transport keeps a queue as one list under the global key prefix.
+        self.redis.delete(f"{self.prefix}{queue}")
+
+    # -- scenarios --------------------------------------------------------------
+
+    def naive_baseline(self) -> dict[str, Figure]:
+        """(1) and (4): the textbook .delay() endpoint, /health and an AsyncResult poll."""
+        print("naive baseline (Flask + .delay(), same gunicorn settings)")
+        naive_prefix = f"{self.prefix}naive:"
+        env = {**self.env, "BENCH_NAIVE_REDIS_URL": self.redis_url}
+        env["BENCH_NAIVE_PREFIX"] = naive_prefix
+        base = self.start_web("naive-web", "bench.naive_app:create_app()", env)
+        section = "Naive baseline (Flask + Celery `.delay()`)"
+        figs = {
+            "health": self.load(section, "naive `GET /health`", base, self.script("h", ["/health"]))
+        }
+        submit = self.script("naive-submit", ["/submit"], method="POST")
+        figs["submit"] = self.load(section, "naive `POST /submit` (`.delay()`)", base, submit)
+        celery = create_celery(self.redis_url, naive_prefix)
+        ids = [str(uuid.uuid4()) for _ in range(1000)]
+        for task_id in ids:  # what a worker leaves behind: a SUCCESS result per task
+            celery.backend.store_result(task_id, 3, "SUCCESS")
+        poll = self.script("naive-poll", [f"/tasks/{i}" for i in ids])
+        figs["poll"] = self.load(section, "naive `AsyncResult` poll (finished)", base, poll)
+        self.procs.stop("naive-web")
+        self.purge("naive")
+        return figs
+
+    def conveyor_web(self, base: str, submitters: list[str]) -> dict[str, Figure]:
+        """(2): health and submit, with the ledger worker stopped (the API alone).
+
+        Submissions rotate over many users' tokens: with the worker stopped every
+        job stays unfinished, and one user would pile up a backlog no real user
+        can have (MAX_INFLIGHT_JOBS, default 50, caps it).
+        """
+        print(f"Conveyor API (ledger worker stopped; submits rotate over {len(submitters)} users)")
+        section = "Conveyor API"
+        health = self.script("healthz", ["/healthz"])
+        figs = {"health": self.load(section, "`GET /healthz`", base, health)}
+        submit = self.script(
+            "submit",
+            ["/api/v1/transactions"],
+            method="POST",
+            body=_json(CREDIT),
+            headers={"Content-Type": "application/json"},
+            tokens=submitters,
+        )
+        figs["submit"] = self.load(
+            section, "`POST /api/v1/transactions` (submit)", base, submit, profile_as="submit"
+        )
+        # Nothing consumes these: drop the messages so the drain below measures only its own jobs.
+        self.purge("ledger")
+        return figs
+
+    def drain(self, client: ApiClient) -> list[str]:
+        """(6): N ledger jobs queued with the worker stopped, then drained by a prefork worker."""
+        n = self.options.drain_jobs
+        print(f"ledger worker drain: enqueueing {n} jobs")
+        ids = submit_many(client, "/api/v1/transactions", [CREDIT] * n)
+        concurrency = self.options.ledger_concurrency or _cores()
+        self.start_worker("worker", "prefork", "ledger,maintenance", concurrency)
+        if not self.wait_terminal(ids, timeout=max(120.0, n / 20)):
+            self.procs.check_alive("worker")
+        succeeded, terminal, seconds = self.job_window(ids)
+        rate = succeeded / seconds if seconds else None
+        note = f"{n} jobs, prefork -c {concurrency}, {seconds:.1f} s first start → last finish"
+        if succeeded != n:
+            note += f"; only {succeeded} SUCCESS ({terminal} terminal)"
+        self.figures.append(Figure("Ledger worker", "drain rate", rate, "jobs/s", note=note))
+        print(f"  drained {succeeded}/{n} in {seconds:.1f} s: {rate or 0:,.0f} jobs/s")
+        return ids
+
+    def latency(self, client: ApiClient) -> None:
+        """(7): submit → SUCCESS for single jobs at low load, polled by the client."""
+        n = self.options.latency_jobs
+        print(f"submit → SUCCESS latency, {n} sequential jobs")
+        observed, ids = [], []
+        for _ in range(n):
+            started = time.perf_counter()
+            task_id = client.expect("POST", "/api/v1/transactions", CREDIT, 202)["task_id"]
+            while client.expect("GET", f"/api/v1/tasks/{task_id}")["state"] not in TERMINAL:
+                time.sleep(0.002)
+            observed.append((time.perf_counter() - started) * 1000)
+            ids.append(task_id)
+        server = [
+            float(ms)
+            for (ms,) in self.db.query(
+                "SELECT EXTRACT(EPOCH FROM finished_at - created_at) * 1000"
+                " FROM jobs WHERE id = ANY(%s::uuid[])",
+                (ids,),
+            )
+        ]
+        section = "Ledger worker"
+        for name, samples, note in (
+            ("submit → SUCCESS, seen by the client", observed, "HTTP submit, poll every 2 ms"),
+            ("submit → SUCCESS, job row", server, "finished_at - created_at"),
+        ):
+            p50, p99 = _percentile(samples, 50), _percentile(samples, 99)
+            self.figures.append(Figure(section, name, None, "", p50, p99, f"{n} jobs; {note}"))
+            print(f"  {name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+
+    def poll(self, token: str, base: str, ids: list[str]) -> Figure:
+        """(3): GET /tasks/{id} over finished jobs (live documents in Redis)."""
+        print("Conveyor poll")
+        auth = {"Authorization": f"Bearer {token}"}
+        script = self.script("poll", [f"/api/v1/tasks/{i}" for i in ids[:1000]], headers=auth)
+        return self.load(
+            "Conveyor API", "`GET /api/v1/tasks/{id}` (poll, finished)", base, script,
+            profile_as="poll",
+        )  # fmt: skip
+
+    def wallet(self, token: str, base: str, client: ApiClient) -> tuple[Figure, Figure]:
+        """(5): GET /wallet with the cache on, then on a second server with CACHE_ENABLED=false."""
+        print("GET /wallet, cache on vs off")
+        section = "`GET /api/v1/wallet`"
+        auth = {"Authorization": f"Bearer {token}"}
+        script = self.script("wallet", ["/api/v1/wallet"], headers=auth)
+        client.expect("GET", "/api/v1/wallet")
+        cached = client.expect("GET", "/api/v1/wallet").get("from_cache")
+        on = self.load(section, "cache on (`CACHE_ENABLED=true`)", base, script)
+        if not cached:
+            on.note = "the route did not answer `from_cache: true`: no cache layer in effect yet"
+        self.procs.stop("web")  # one API server at a time, so they do not share the CPUs
+        off_env = {**self.env, "CACHE_ENABLED": "false"}
+        off_base = self.start_web("web-nocache", "api.wsgi:app", off_env)
+        off = self.load(section, "cache off (`CACHE_ENABLED=false`)", off_base, script)
+        self.procs.stop("web-nocache")
+        return on, off
+
+    def ai(self, client: ApiClient) -> None:
+        """(8): AI jobs/s through a gevent worker against the loopback fake upstream."""
+        section = "AI jobs (gevent worker, fake upstream with "
+        section += f"{self.options.ai_latency * 1000:.0f} ms latency)"
+        status, _ = client.request("POST", "/api/v1/ai/generate", _ai_body("probe"))
+        if status != 202:
+            detail = f"`POST /api/v1/ai/generate` answered {status}"
+            print(f"AI scenario not available: {detail}")
+            self.figures.append(Figure(section, "AI jobs", None, note=f"not available: {detail}"))
+            return
+        for concurrency in self.options.ai_concurrencies:
+            n = max(200, 10 * concurrency)
+            bodies = [_ai_body(f"bench {concurrency} {i} {uuid.uuid4().hex}") for i in range(n)]
+            self.ai_batch(client, section, f"concurrency {concurrency}", bodies, concurrency)
+        warm = client.expect("POST", "/api/v1/ai/generate", _ai_body("the cached prompt"), 202)
+        self.start_worker("worker-ai", "gevent", "ai", 10)
+        self.wait_terminal([warm["task_id"]], timeout=60)
+        self.procs.stop("worker-ai")
+        top = max(self.options.ai_concurrencies)
+        bodies = [_ai_body("the cached prompt")] * 1000
+        self.ai_batch(client, section, f"cache hits, concurrency {top}", bodies, top)
+
+    def ai_batch(
+        self, client: ApiClient, section: str, name: str, bodies: list[dict], concurrency: int
+    ) -> None:
+        print(f"AI jobs, {name}: enqueueing {len(bodies)}")
+        ids = submit_many(client, "/api/v1/ai/generate", bodies)
+        self.start_worker("worker-ai", "gevent", "ai", concurrency)
+        finished = self.wait_terminal(ids, timeout=60 + 3 * len(bodies) / concurrency)
+        self.procs.stop("worker-ai")
+        succeeded, terminal, seconds = self.job_window(ids)
+        ((hits,),) = self.db.query(
+            "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[])"
+            " AND (result ->> 'from_cache') = 'true'",
+            (ids,),
+        )
+        note = f"{len(ids)} jobs, {seconds:.1f} s; {hits} from cache"
+        if succeeded != len(ids):
+            note += f"; {succeeded} SUCCESS of {terminal} terminal"
+        if not finished:
+            note += "; timed out"
+        rate = succeeded / seconds if seconds else None
+        self.figures.append(Figure(section, name, rate, "jobs/s", note=note))
+        print(f"  {name}: {rate or 0:,.0f} jobs/s ({note})")
+
+
+def _ai_body(prompt: str) -> dict[str, Any]:
+    return {"kind": "text", "prompt": prompt, "options": {"operation": "summarize"}}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _percentile(samples: list[float], pct: int) -> float:
+    if len(samples) < 2:
+        return samples[0] if samples else 0.0
+    return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]
