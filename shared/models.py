@@ -88,6 +88,8 @@ class Job(Base):
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created", "owner_id", "created_at"),
         Index("ix_jobs_state_updated", "state", "updated_at"),
+        # The hourly expiry sweep deletes by expires_at; without this it scans.
+        Index("ix_jobs_expires_at", "expires_at"),
         # Admission control counts a user's unfinished jobs on every submission.
         Index(
             "ix_jobs_owner_unfinished",
