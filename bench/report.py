@@ -17,6 +17,7 @@ class Figure:
     p99_ms: float | None = None
     note: str = ""
     runs: list[float] = field(default_factory=list)
+    cpu_ms: float | None = None  # web server CPU per request, all its processes
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -28,8 +29,8 @@ def _num(value: float | None, digits: int = 0) -> str:
 def table(figures: list[Figure]) -> str:
     """A Markdown table of `figures`."""
     lines = [
-        "| scenario | rate | p50 (ms) | p99 (ms) | notes |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "| scenario | rate | p50 (ms) | p99 (ms) | web CPU ms/req | notes |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for fig in figures:
         if fig.rate is not None:
@@ -41,7 +42,8 @@ def table(figures: list[Figure]) -> str:
             runs = ", ".join(_num(r) for r in fig.runs)
             note = f"median of {len(fig.runs)} runs ({runs}); {note}".rstrip("; ")
         lines.append(
-            f"| {fig.name} | {rate} | {_num(fig.p50_ms, 2)} | {_num(fig.p99_ms, 2)} | {note} |"
+            f"| {fig.name} | {rate} | {_num(fig.p50_ms, 2)} | {_num(fig.p99_ms, 2)} "
+            f"| {_num(fig.cpu_ms, 2)} | {note} |"
         )
     return "\n".join(lines)
 

@@ -29,11 +29,11 @@ _INHERITED = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PROMETHEUS_MULTIPRO
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per scenario")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per scenario")
     parser.add_argument("--repeat", type=int, default=1, help="measured runs per HTTP scenario")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--drain-jobs", type=int, default=5000)
+    parser.add_argument("--drain-jobs", type=int, default=3000)
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--submit-users", type=int, default=1000, help="users submits rotate over")
     parser.add_argument("--ledger-concurrency", type=int, default=0, help="0: one per core")

@@ -76,6 +76,20 @@ class BenchDatabase:
             conn.close()
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its children (a gunicorn master and its workers)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # Fields after "(comm)": state, ppid, ..., utime (12th), stime (13th).
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def delete_prefixed_keys(client: redis.Redis, prefix: str) -> int:
     """Delete every key under `prefix` (only the run's own keys), returning how many."""
     deleted = 0
