@@ -312,6 +312,7 @@ def test_env_example_documents_every_variable() -> None:
         "WEB_THREADS",
         "WORKER_CONCURRENCY",
         "AI_WORKER_CONCURRENCY",
+        "AI_WORKER_PREFETCH",
         "PROMETHEUS_MULTIPROC_DIR",
         "POSTGRES_PASSWORD",
     }
