@@ -303,10 +303,9 @@ def test_malformed_presentation_fails_with_ai_bad_response_after_its_retries(
 def test_concurrent_identical_requests_make_one_upstream_call(client, make_user, fake):
     fake.push(Scripted(delay=0.5, content="one shared answer"))
     prompt = _unique("everyone asks this")
-    submitted = []
-    for _ in range(5):
-        _, headers = make_user()
-        submitted.append((headers, _submit(client, headers, "text", prompt)))
+    users = [make_user()[1] for _ in range(5)]
+    # Submitted back to back, well inside the upstream's half second.
+    submitted = [(headers, _submit(client, headers, "text", prompt)) for headers in users]
     results = [wait_for_state(client, h, task_id) for h, task_id in submitted]
     assert [r["state"] for r in results] == ["SUCCESS"] * 5
     assert {r["result"]["text"] for r in results} == {"one shared answer"}
