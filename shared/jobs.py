@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from sqlalchemy import Connection, and_, bindparam, func, select, update
@@ -433,6 +433,13 @@ return 1
 """
 
 
+class LiveDocument(NamedTuple):
+    """A live status document as stored: its state and its JSON text."""
+
+    state: str
+    document: str
+
+
 class StatusStore:
     """Live job status documents in Redis: written by workers, read by the API."""
 
@@ -460,10 +467,17 @@ class StatusStore:
 
     def read(self, job_id: str, owner_id: int) -> dict[str, Any] | None:
         """The owner's live status document, or None (absent, or another owner's)."""
-        owner, doc = self._redis.hmget(self._keys.job_status(job_id), "owner", "doc")
+        live = self.read_document(job_id, owner_id)
+        return None if live is None else json.loads(live.document)
+
+    def read_document(self, job_id: str, owner_id: int) -> LiveDocument | None:
+        """Like `read`, but the document stays the JSON text it is stored as."""
+        owner, state, doc = self._redis.hmget(
+            self._keys.job_status(job_id), "owner", "state", "doc"
+        )
         if doc is None or owner != str(owner_id):
             return None
-        return json.loads(doc)
+        return LiveDocument(state, doc)
 
     def progress(
         self, owner_id: int, status: dict[str, Any], percent: int, message: str

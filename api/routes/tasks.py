@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,22 +32,29 @@ STALE_AFTER = timedelta(seconds=60)
 @require_auth
 @documented("A task's state, progress and result", auth="user", responses={200: TaskStatus})
 def get_task(task_id: str) -> Response:
-    status = read_status(task_id, current_identity().user_id)
+    owner_id = current_identity().user_id
+    job_id = jobs.parse_job_id(task_id)
+    if job_id is None:
+        raise not_found()
+    try:
+        live = resources().statuses.read_document(str(job_id), owner_id)
+    except redis.RedisError:
+        live = None
+    if live is not None and live.state in jobs.TERMINAL:
+        # A terminal document never changes: send the stored JSON as it is,
+        # without decoding and re-encoding it (the most frequent poll answer).
+        return Response(live.document, mimetype="application/json")
+    status = read_status(job_id, owner_id, json.loads(live.document) if live else None)
     if status is None:
         raise not_found()
     return jsonify(status)
 
 
-def read_status(task_id: str, owner_id: int) -> dict[str, Any] | None:
-    """One Redis read for a live job; the row when Redis has nothing (or is down)."""
-    job_id = jobs.parse_job_id(task_id)
-    if job_id is None:
-        return None
+def read_status(
+    job_id: uuid.UUID, owner_id: int, live: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The live document `live` unless it went stale; else the row (cached for the next poll)."""
     res = resources()
-    try:
-        live = res.statuses.read(str(job_id), owner_id)
-    except redis.RedisError:
-        live = None
     if live is not None and (live["state"] in jobs.TERMINAL or not _stale(live)):
         return live
     with res.sessions() as session:
