@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+# A hand-written section of docs/benchmarks.md that a re-run keeps as it is.
+HISTORY_HEADING = "## Changes measured"
 
 
 @dataclass
@@ -46,6 +50,18 @@ def table(figures: list[Figure]) -> str:
             f"| {_num(fig.cpu_ms, 2)} | {note} |"
         )
     return "\n".join(lines)
+
+
+def kept_section(path: Path, heading: str) -> str:
+    """The `heading` section of the existing page at `path` (to the next `## `), or ""."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    start = text.find(f"\n{heading}\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(heading) + 2)
+    return "\n" + text[start + 1 : end if end >= 0 else len(text)].rstrip() + "\n"
 
 
 def ratio(numerator: Figure | None, denominator: Figure | None) -> str:

@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             notes=LIMITS,
             profile=_profile_section(bench.profiles),
         )
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(page)
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(page + report.kept_section(output, report.HISTORY_HEADING))
         print()
         print(report.table(bench.figures))
         print(f"\nwritten to {args.output} in {time.monotonic() - started:.0f} s")
@@ -171,7 +172,7 @@ def _load(averages: tuple[float, float, float]) -> str:
 
 def _command(argv: list[str] | None) -> str:
     extra = " ".join(argv if argv is not None else sys.argv[1:])
-    return f"make bench{' BENCH_ARGS=' + repr(extra) if extra else ''}"
+    return f"python -m bench.run {extra}" if extra else "make bench"
 
 
 def _setup_lines(options: Options) -> dict[str, str]:
@@ -197,18 +198,27 @@ LIMITS = [
     "Everything shares 2 cores: wrk, gunicorn's workers, PostgreSQL, Redis and (when running) "
     "the Celery workers. HTTP figures are CPU-bound on the whole box, not on any one process, "
     "so they are best read as ratios between scenarios of the same run.",
-    "Submit: one autocommit INSERT (plus the pool's pre-ping) and one broker publish per "
-    "request; PostgreSQL's WAL flush and the Celery/kombu publish path are the largest costs.",
-    "Poll: one Redis HMGET plus JWT verification and JSON encoding; bound by Python CPU time "
-    "in the web workers.",
+    "Web CPU ms/req is the CPU time of all gunicorn processes divided by the requests served: "
+    "the figure least disturbed by other load, and the one to compare between runs.",
+    "Submit: one autocommit INSERT ... SELECT (plus the pool's pre-ping, a second round trip "
+    "on every checkout) and one broker publish. Celery's publish is the largest CPU cost: "
+    "kombu builds a new Redis client object per publish, and `task_send_sent_event` adds a "
+    "second publish (the task-sent event) per job.",
+    "Poll: one Redis HMGET; a terminal document is sent as stored. What remains is JWT "
+    "verification (about a fifth of the CPU) and Flask plus the per-request hooks "
+    "(observability, security headers, compression check).",
     "Naive baseline: `.delay()` also subscribes the web process to the result's pub/sub "
     "channel (redis result backend), which Conveyor's publish skips (`ignore_result`).",
     "Drain: prefork processes, one message prefetched per process, acks_late; each job is "
     "three short transactions (claim, post + finish, all with row locks) and two Redis writes.",
     "Latency: dominated by the worker's broker poll wake-up and the job's transactions; "
     "the client's 2 ms poll interval adds up to 2 ms.",
-    "AI: the upstream's 200 ms sets the floor (concurrency / 0.2 s jobs/s at most); above "
-    "that the gevent worker's single core (Python CPU per job) is the ceiling.",
+    "AI: the upstream's 200 ms caps a slot at 5 jobs/s, so concurrency / 0.2 s at most. With "
+    "`worker_prefetch_multiplier=1` the gevent worker (Celery's synchronous consume loop) stops "
+    "asking Redis for messages while every slot is busy and looks again only when its 2 s "
+    "poll times out, so each slot runs about one job per 2 s: concurrency / 2 jobs/s. The "
+    "`--prefetch-multiplier 4` row shows the same worker without that stall; beyond that the "
+    "worker's one core (Python CPU per job) is the ceiling.",
 ]
 
 
