@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(wrk.INSTALL_HINT, file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Even when started in the background, where the shell ignores SIGINT for us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     options = Options(
         duration=args.duration,
         warmup=args.warmup,
@@ -237,4 +239,8 @@ def _profile_section(profiles: dict[str, str]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every process stopped, database and keys removed", file=sys.stderr)
+        sys.exit(130)
