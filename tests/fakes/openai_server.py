@@ -215,6 +215,10 @@ class FakeOpenAIServer:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops the SYNs of a burst of new
+    # connections (a gevent worker opens dozens at once); their 1 s
+    # retransmit would then look like the client failing to overlap calls.
+    request_queue_size = 128
     # Don't join handler threads on close: one may be mid-delay for a client
     # that timed out long ago.
     block_on_close = False
