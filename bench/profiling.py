@@ -11,6 +11,9 @@ from pathlib import Path
 
 from bench.stack import ROOT
 
+# Frames every request sample shares (thread start-up, gunicorn's handler): no information.
+_PLUMBING = ("(threading.py)", "(concurrent/futures/", "(gunicorn/workers/")
+
 # "function (path/to/file.py:123)": the line number is dropped so one function is one row.
 _FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 
@@ -45,7 +48,7 @@ def _label(frame: str) -> str:
     return f"{match['func']} ({path})"
 
 
-def summarise(raw: Path, top: int = 12) -> str:
+def summarise(raw: Path, top: int = 20) -> str:
     """Markdown: inclusive share of time per function and the top self-time (leaf) frames."""
     inclusive: Counter[str] = Counter()
     leaf: Counter[str] = Counter()
@@ -66,8 +69,12 @@ def summarise(raw: Path, top: int = 12) -> str:
     if not total:
         return "_no samples inside requests were collected_"
     rows = ["| function | share of request samples |", "| --- | ---: |"]
-    ranked = [(f, c) for f, c in inclusive.most_common() if "(flask/" not in f or "jsonify" in f]
+    ranked = [
+        (f, c)
+        for f, c in inclusive.most_common()
+        if not any(p in f for p in _PLUMBING) and ("(flask/" not in f or "jsonify" in f)
+    ]
     rows += [f"| `{f}` | {100 * c / total:.1f}% |" for f, c in ranked[:top]]
     leaves = ["| leaf (self time) | share |", "| --- | ---: |"]
-    leaves += [f"| `{f}` | {100 * c / total:.1f}% |" for f, c in leaf.most_common(top)]
+    leaves += [f"| `{f}` | {100 * c / total:.1f}% |" for f, c in leaf.most_common(top // 2)]
     return "\n".join([f"{total} samples inside requests.", "", *rows, "", *leaves])

@@ -228,10 +228,11 @@ def _profile_section(profiles: dict[str, str]) -> str:
     if not profiles:
         return ""
     parts = [
-        "py-spy (`record --subprocesses --nonblocking`, 250 Hz) on the gunicorn master during "
-        "an extra, unreported load run; shares are of samples taken inside a request "
-        "(Flask's `wsgi_app`), counting a function once per sample wherever it appears in "
-        "the stack."
+        "py-spy (`record --subprocesses --nonblocking --gil`, 250 Hz) on the gunicorn master "
+        "during an extra, unreported load run. `--gil` samples only the thread holding the GIL, "
+        "so this is where the web workers' CPU goes (waits on PostgreSQL and Redis do not "
+        "show). Shares are of samples taken inside a request (Flask's `wsgi_app`), counting a "
+        "function once per sample wherever it appears in the stack."
     ]
     for label, text in profiles.items():
         parts += ["", f"### {label}", "", text]
