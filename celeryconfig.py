@@ -68,7 +68,10 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 result_backend_thread_safe = True
 # Events for Flower (task received/started/succeeded, worker heartbeats).
 worker_send_task_events = True
-task_send_sent_event = True
+# No "task-sent" event: it is a second fanout publish on every submit (about
+# 0.9 ms of the web process's CPU, measured with cProfile), and Flower learns
+# of each task from the worker's task-received event anyway.
+task_send_sent_event = False
 timezone = "UTC"
 enable_utc = True
 # Conveyor configures logging itself; Celery must not replace the root logger.
