@@ -203,9 +203,9 @@ LIMITS = [
     "Web CPU ms/req is the CPU time of all gunicorn processes divided by the requests served: "
     "the figure least disturbed by other load, and the one to compare between runs.",
     "Submit: one autocommit INSERT ... SELECT (plus the pool's pre-ping, a second round trip "
-    "on every checkout) and one broker publish. Celery's publish is the largest CPU cost: "
-    "kombu builds a new Redis client object per publish, and `task_send_sent_event` adds a "
-    "second publish (the task-sent event) per job.",
+    "on every checkout) and one broker publish. Celery's publish is the largest CPU cost "
+    "(kombu builds a new Redis client object per publish, and routes and serialises the "
+    "message through several layers); the INSERT is next.",
     "Poll: one Redis HMGET; a terminal document is sent as stored. What remains is JWT "
     "verification (about a fifth of the CPU) and Flask plus the per-request hooks "
     "(observability, security headers, compression check).",
