@@ -12,6 +12,7 @@ from api import observability, openapi
 from api.errors import register_error_handlers
 from api.hardening import init_hardening
 from api.limits import init_rate_limits
+from api.publisher import build_publisher
 from api.requests import MAX_BODY_BYTES
 from shared.resources import Resources
 from shared.settings import Settings
@@ -35,7 +36,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["conveyor"] = res
     # A producer-only Celery app: the API publishes by task name and never
     # imports task code.
-    app.extensions["conveyor.celery"] = create_celery_app(settings)
+    app.extensions["conveyor.celery"] = celery_app = create_celery_app(settings)
+    app.extensions["conveyor.publisher"] = build_publisher(
+        celery_app, fast=settings.broker_fast_publish, key_prefix=settings.redis_key_prefix
+    )
 
     register_error_handlers(app)
     app.before_request(_start_request)

@@ -10,7 +10,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from api.admission import ensure_queue_capacity, too_many_inflight
 from api.errors import ApiError
-from api.extensions import celery_producer, resources
+from api.extensions import publisher, resources
 from api.metrics import JOBS_ACCEPTED
 from api.security import current_identity
 from shared import jobs
@@ -79,14 +79,11 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
 
 def publish(kind: str, task_id: str, owner_id: int) -> None:
     """One broker message named after the job's kind, carrying only the job id."""
-    celery_producer().send_task(
+    publisher().publish(
         kind,
-        args=[task_id],
-        task_id=task_id,
-        queue=jobs.KIND_QUEUES[kind],
-        # The web process never waits on results: skip the backend subscription.
-        ignore_result=True,
-        headers={"request_id": g.get("request_id"), "user_id": owner_id},
+        task_id,
+        jobs.KIND_QUEUES[kind],
+        {"request_id": g.get("request_id"), "user_id": owner_id},
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from flask import current_app
 
+from api.publisher import Publisher
 from shared.resources import Resources
 
 
@@ -14,3 +15,7 @@ def resources() -> Resources:
 
 def celery_producer() -> Celery:
     return current_app.extensions["conveyor.celery"]
+
+
+def publisher() -> Publisher:
+    return current_app.extensions["conveyor.publisher"]

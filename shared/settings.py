@@ -56,6 +56,9 @@ class Settings:
     redis_url: str = _env("REDIS_URL", default="redis://127.0.0.1:6379/0")
     celery_broker_url: str = _env("CELERY_BROKER_URL", default="")
     celery_result_backend: str = _env("CELERY_RESULT_BACKEND", default="")
+    # With a Redis broker, the API writes job messages with one LPUSH instead of
+    # Celery's send_task (about 1 ms of CPU less per submit; see api/publisher.py).
+    broker_fast_publish: bool = _env("BROKER_FAST_PUBLISH", default=True)
     # Prefix for every key Conveyor writes in Redis (and, through kombu's
     # global_keyprefix, the broker's keys), so several stacks share a server.
     redis_key_prefix: str = _env("CONVEYOR_REDIS_PREFIX", default="conveyor:")
@@ -108,12 +111,6 @@ class Settings:
     cache_ttl_ai_presentation: int = _env("CACHE_TTL_AI_PRESENTATION", default=60 * 60)
     cache_ttl_ai_image: int = _env("CACHE_TTL_AI_IMAGE", default=2 * 60 * 60)
     cache_enabled: bool = _env("CACHE_ENABLED", default=True)
-
-    # Observability
-    log_level: str = _env("LOG_LEVEL", default="INFO")
-    log_format: str = _env("LOG_FORMAT", default="json")
-    slow_request_seconds: float = _env("SLOW_REQUEST_SECONDS", default=1.0)
-    slow_query_ms: float = _env("SLOW_QUERY_MS", default=100.0)
     # GET /transactions pages up to this number are cached (the rest read the DB).
     cache_transactions_pages: int = _env("CACHE_TRANSACTIONS_PAGES", default=2)
     # Cache warming: who counts as active, how many per bulk query, which AI entries.
@@ -127,6 +124,12 @@ class Settings:
     redispatch_after_seconds: int = _env("REDISPATCH_AFTER_SECONDS", default=300)
     stuck_grace_seconds: int = _env("STUCK_GRACE_SECONDS", default=60)
     stuck_max_redispatches: int = _env("STUCK_MAX_REDISPATCHES", default=3)
+
+    # Observability
+    log_level: str = _env("LOG_LEVEL", default="INFO")
+    log_format: str = _env("LOG_FORMAT", default="json")
+    slow_request_seconds: float = _env("SLOW_REQUEST_SECONDS", default=1.0)
+    slow_query_ms: float = _env("SLOW_QUERY_MS", default=100.0)
     cors_origins: str = _env("CORS_ORIGINS", default="")
     flower_port: int = _env("FLOWER_PORT", default=5555)
     flower_basic_auth: str = _env("FLOWER_BASIC_AUTH", default="")
