@@ -41,9 +41,9 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
     owner_id = current_identity().user_id
     key = idempotency_key()
     ensure_queue_capacity(jobs.KIND_QUEUES[kind])
-    # A single INSERT ... ON CONFLICT is atomic by itself: autocommit saves the
-    # BEGIN and COMMIT round trips on the hottest write path.
-    with res.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    # A single INSERT ... ON CONFLICT is atomic by itself: an autocommit
+    # connection saves the BEGIN and COMMIT round trips on the hottest write path.
+    with res.autocommit_engine.connect() as conn:
         try:
             submission = jobs.create_job(
                 conn,

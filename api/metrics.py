@@ -40,30 +40,36 @@ IN_FLIGHT = Gauge(
 JOBS_ACCEPTED = Counter(
     "conveyor_jobs_accepted", "Jobs recorded and published (not replays).", ["kind"]
 )
+# `pool`: "main" (sessions) or "autocommit" (single-statement job records).
 DB_POOL_CHECKED_OUT = Gauge(
     "conveyor_db_pool_checked_out",
     "Database connections in use.",
+    ["pool"],
     multiprocess_mode="livesum",
 )
 DB_POOL_OVERFLOW = Gauge(
     "conveyor_db_pool_overflow",
     "Connections open beyond pool_size.",
+    ["pool"],
     multiprocess_mode="livesum",
 )
-DB_POOL_SIZE = Gauge("conveyor_db_pool_size", "Configured pool_size.", multiprocess_mode="livesum")
+DB_POOL_SIZE = Gauge(
+    "conveyor_db_pool_size", "Configured pool_size.", ["pool"], multiprocess_mode="livesum"
+)
 
 
-def instrument_pool(engine: Engine) -> None:
-    """Keep the pool gauges current on every checkout and checkin of `engine`."""
+def instrument_pool(engine: Engine, name: str) -> None:
+    """Keep the pool gauges for pool `name` current on every checkout and checkin of `engine`."""
     pool = engine.pool
     size = getattr(pool, "size", None)
     if callable(size):
-        DB_POOL_SIZE.set(size())
+        DB_POOL_SIZE.labels(name).set(size())
+    checked_out, overflow_gauge = DB_POOL_CHECKED_OUT.labels(name), DB_POOL_OVERFLOW.labels(name)
 
     def _update(*_args) -> None:
-        DB_POOL_CHECKED_OUT.set(pool.checkedout())
+        checked_out.set(pool.checkedout())
         overflow = getattr(pool, "overflow", None)
-        DB_POOL_OVERFLOW.set(max(0, overflow()) if callable(overflow) else 0)
+        overflow_gauge.set(max(0, overflow()) if callable(overflow) else 0)
 
     event.listen(engine, "checkout", _update)
     event.listen(engine, "checkin", _update)

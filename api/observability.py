@@ -22,7 +22,8 @@ def init_app(app: Flask, res: Resources, queues: list[str]) -> None:
     registry.register(metrics.QueueDepthCollector(res.redis, res.keys, queues))
     registry.register(metrics.CacheStatsCollector(res.redis, res.keys))
     app.extensions["conveyor.metrics"] = registry
-    metrics.instrument_pool(res.engine)
+    metrics.instrument_pool(res.engine, "main")
+    metrics.instrument_pool(res.autocommit_engine, "autocommit")
     app.config["CONVEYOR_COUNT_QUERIES"] = (
         not res.settings.is_production or res.settings.debug_query_count
     )

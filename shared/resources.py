@@ -24,6 +24,10 @@ class Resources:
 
     settings: Settings
     engine: Engine
+    # Same database, connections kept in autocommit: for single statements that
+    # are atomic on their own (recording a job), without BEGIN/COMMIT round
+    # trips or switching a pooled connection's isolation level per request.
+    autocommit_engine: Engine
     sessions: sessionmaker
     redis: redis.Redis
     keys: Keys
@@ -35,12 +39,18 @@ class Resources:
     @classmethod
     def build(cls, settings: Settings) -> Resources:
         engine = create_db_engine(settings)
+        autocommit_engine = create_db_engine(
+            settings, isolation_level="AUTOCOMMIT", pool_size=5, max_overflow=10
+        )
         client = create_redis(settings)
         keys = Keys(settings.redis_key_prefix)
-        instrument_engine(engine, SlowQueryLog(client, keys), settings.slow_query_ms)
+        slow_queries = SlowQueryLog(client, keys)
+        for each in (engine, autocommit_engine):
+            instrument_engine(each, slow_queries, settings.slow_query_ms)
         return cls(
             settings=settings,
             engine=engine,
+            autocommit_engine=autocommit_engine,
             sessions=create_session_factory(engine),
             redis=client,
             keys=keys,
@@ -63,4 +73,5 @@ class Resources:
 
     def close(self) -> None:
         self.engine.dispose()
+        self.autocommit_engine.dispose()
         self.redis.close()

@@ -89,9 +89,10 @@ def test_queue_depth_pool_and_cache_metrics(client, resources, redis_client):
     for queue in ("ledger", "ai", "maintenance"):
         assert ("conveyor_queue_depth", frozenset({("queue", queue)})) in samples(text)
     assert value(text, "conveyor_broker_up") == 1
-    assert value(text, "conveyor_db_pool_size") >= 1
-    assert ("conveyor_db_pool_checked_out", frozenset()) in samples(text)
-    assert ("conveyor_db_pool_overflow", frozenset()) in samples(text)
+    for pool, size in (("main", 10), ("autocommit", 5)):
+        assert value(text, "conveyor_db_pool_size", pool=pool) == size
+        assert ("conveyor_db_pool_checked_out", frozenset({("pool", pool)})) in samples(text)
+        assert ("conveyor_db_pool_overflow", frozenset({("pool", pool)})) in samples(text)
 
     # The cache layer's shared counters surface as Prometheus counters.
     stats_key = f"{resources.keys.prefix}cache:stats"

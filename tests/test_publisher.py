@@ -86,3 +86,17 @@ def test_jobs_complete_with_either_publisher(settings, celery_app):
             done = wait_for_state(client, headers, response.get_json()["task_id"])
         assert done["state"] == "SUCCESS" and done["result"]["balance"] == 321
         flask_app.extensions["conveyor"].close()
+
+
+def test_job_records_use_an_autocommit_pool_and_still_one_statement(resources, client, make_user):
+    with resources.autocommit_engine.connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit is True
+    with resources.engine.connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit is False
+    _, headers = make_user()
+    response = client.post(
+        "/api/v1/transactions", json={"type": "credit", "amount": 1}, headers=headers
+    )
+    assert response.status_code == 202
+    # One statement for the job record (X-Query-Count is on outside production).
+    assert response.headers["X-Query-Count"] == "1"

@@ -73,7 +73,7 @@ def _login_transactions(user_id: int) -> str | None:
     """Record and enqueue the login-triggered job; None (and no job) if the broker is down."""
     res = resources()
     count = random.randint(1, 10)  # noqa: S311 - demo data, not security
-    with res.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with res.autocommit_engine.connect() as conn:
         submission = jobs.create_job(
             conn,
             owner_id=user_id,
