@@ -91,3 +91,13 @@ def test_polling_survives_redis_being_down(app_without_redis, app):
     ).get_json()["task_id"]
     polled = app_without_redis.test_client().get(f"/api/v1/tasks/{task_id}", headers=headers)
     assert polled.status_code == 200 and polled.get_json()["state"] == "PENDING"
+
+
+def test_wallet_is_read_from_the_database_when_redis_is_down(app_without_redis, app, resources):
+    from tests.support import fund
+
+    user_id, headers = register_and_login(app.test_client(), "noredis_wallet")
+    fund(resources, user_id, 4_200)
+    response = app_without_redis.test_client().get("/api/v1/wallet", headers=headers)
+    assert response.status_code == 200
+    assert response.get_json() == {"balance": 4_200, "currency": "USD", "from_cache": False}
