@@ -32,7 +32,11 @@ def _comparable(message: dict) -> dict:
     return {"body": body, "headers": headers, "properties": properties, **rest}
 
 
-def test_lean_message_matches_celerys_own(celery_app, redis_client, settings):
+def test_lean_message_matches_celerys_own(app, redis_client, settings):
+    # The API's producer app: like the web process, it never imports task code.
+    # (A process that has, e.g. a worker, would stamp each task's own time
+    # limits into the message; workers apply those same limits either way.)
+    producer = app.extensions["conveyor.celery"]
     job_id = str(uuid.uuid4())
     queue = f"compare-{uuid.uuid4().hex[:8]}"
     key = settings.redis_key_prefix + queue
@@ -40,7 +44,7 @@ def test_lean_message_matches_celerys_own(celery_app, redis_client, settings):
     # From a fresh thread: send_task takes parent/root ids from any task context
     # an earlier test left on this thread, which the web process never has.
     publisher = threading.Thread(
-        target=CeleryPublisher(celery_app).publish,
+        target=CeleryPublisher(producer).publish,
         args=("ledger.transaction", job_id, queue, extra),
     )
     publisher.start()
