@@ -25,11 +25,26 @@ def create_celery_app(settings: Settings) -> Celery:
         result_backend=settings.result_backend,
         # Every broker and result key lives under Conveyor's prefix, so several
         # stacks (or test runs) can share one Redis without seeing each other.
-        broker_transport_options={**app.conf.broker_transport_options, "global_keyprefix": prefix},
+        broker_transport_options={
+            **app.conf.broker_transport_options,
+            "global_keyprefix": prefix,
+            "max_connections": broker_max_connections(settings),
+        },
         result_backend_transport_options={"global_keyprefix": prefix},
     )
     app.conf.conveyor_settings = settings
     return app
+
+
+def broker_max_connections(settings: Settings) -> int:
+    """Size of kombu's Redis connection pool per worker process.
+
+    kombu's default is 10. A gevent worker acks each finished task on its own
+    connection, so 100 greenlets finishing together exhausted it: acks failed
+    with MaxConnectionsError, the consumer dropped its broker connection, and
+    the messages it held waited out the visibility timeout (an hour).
+    """
+    return max(50, 2 * settings.ai_worker_concurrency)
 
 
 app = create_celery_app(Settings.from_env())
