@@ -211,10 +211,11 @@ def test_each_kind_succeeds_with_its_shape_provider_model_and_cache_flag(client,
     assert sizes == ["512x512"]
 
 
-def test_identical_request_is_answered_from_the_cache(client, make_user, fake):
+def test_identical_request_is_answered_from_the_cache(client, make_user, fake, resources):
     _, first_headers = make_user()
     _, second_headers = make_user()
     prompt = _unique("Explain   caching")
+    before = resources.cache.stats().get("ai", {"hits": 0, "misses": 0})
     first = wait_for_state(client, first_headers, _submit(client, first_headers, "text", prompt))
     # Same meaning, different spelling: the normalised request is the cache key.
     again = _submit(client, second_headers, "text", prompt.replace("   ", " ") + "  ")
@@ -223,6 +224,9 @@ def test_identical_request_is_answered_from_the_cache(client, make_user, fake):
     assert second["state"] == "SUCCESS" and second["result"]["from_cache"] is True
     assert second["result"]["text"] == first["result"]["text"]
     assert fake.calls == 1
+    # Counted with every other namespace, so GET /system/cache-stats shows them.
+    after = resources.cache.stats()["ai"]
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (1, 1)
 
 
 def test_two_server_errors_then_success_takes_three_attempts(client, make_user, resources, fake):

@@ -111,6 +111,10 @@ def _generate(run: JobRun) -> str:
         raise _retry_or_fail(run, error) from None
     except SoftTimeLimitExceeded:
         raise JobError("ai_timeout", "the generation ran past its time limit") from None
+    # The AI cache keeps its own entries; its hits and misses go into the same
+    # counters as every other namespace, so /system/cache-stats shows them.
+    hit = result["from_cache"]
+    run.res.cache.count("ai", hits=int(hit), misses=int(not hit))
     with run.transaction() as session:
         run.complete(session, result)
     source = "from the cache" if result["from_cache"] else f"by {result['model']}"
