@@ -39,7 +39,7 @@ def _verify_bearer() -> accounts.Identity | str:
     if scheme.lower() != "bearer" or not token.strip():
         return _NO_TOKEN
     try:
-        return accounts.verify_token(resources().settings.signing_key, token.strip())
+        return resources().tokens.verify(token.strip())
     except accounts.InvalidToken:
         return _BAD_TOKEN
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -116,10 +118,46 @@ def issue_token(key: str, user: User, ttl_seconds: int) -> str:
 
 def verify_token(key: str, token: str) -> Identity:
     """The identity in a valid token; raises InvalidToken otherwise (alg none included)."""
+    return _decode(key, token)[0]
+
+
+def _decode(key: str, token: str) -> tuple[Identity, float]:
     try:
         claims = jwt.decode(
             token, key, algorithms=[TOKEN_ALGORITHM], options={"require": ["exp", "sub"]}
         )
-        return Identity(user_id=int(claims["sub"]), username=str(claims.get("name", "")))
+        identity = Identity(user_id=int(claims["sub"]), username=str(claims.get("name", "")))
+        return identity, float(claims["exp"])
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise InvalidToken(str(exc)) from None
+
+
+class TokenVerifier:
+    """Verifies bearer tokens, remembering recently verified ones until they expire.
+
+    A token is immutable and its signature is checked once; after that only its
+    expiry can change its validity, and that is re-checked on every use. Clients
+    poll with the same token many times a second, and a PyJWT decode is about a
+    fifth of a poll's CPU. Only valid tokens are remembered, at most `size`.
+    """
+
+    def __init__(self, key: str, size: int = 4096) -> None:
+        self._key = key
+        self._size = size
+        self._verified: dict[str, tuple[Identity, float]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, token: str) -> Identity:
+        """The token's identity; raises InvalidToken when it is invalid or expired."""
+        known = self._verified.get(token)
+        if known is None:
+            known = _decode(self._key, token)
+            with self._lock:
+                if len(self._verified) >= self._size:
+                    self._verified.clear()  # cheap bound; the next uses re-verify
+                self._verified[token] = known
+        identity, expires_at = known
+        if time.time() >= expires_at:
+            self._verified.pop(token, None)
+            raise InvalidToken("token expired")
+        return identity

@@ -8,7 +8,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
-from shared.accounts import PasswordHasher
+from shared.accounts import PasswordHasher, TokenVerifier
 from shared.cache import Cache
 from shared.db import create_db_engine, create_session_factory
 from shared.jobs import StatusStore
@@ -34,6 +34,7 @@ class Resources:
     statuses: StatusStore
     notifications: Notifications
     cache: Cache
+    tokens: TokenVerifier
     _hasher: PasswordHasher | None = field(default=None, repr=False)
 
     @classmethod
@@ -62,6 +63,7 @@ class Resources:
                 ttl_seconds=settings.notifications_ttl_seconds,
             ),
             cache=Cache.from_settings(client, settings),
+            tokens=TokenVerifier(settings.signing_key),
         )
 
     @property
