@@ -292,21 +292,24 @@ class Bench:
             print(f"AI scenario not available: {detail}")
             self.figures.append(Figure(section, "AI jobs", None, note=f"not available: {detail}"))
             return
+        # The Procfile's shape: worker_ai reserves AI_WORKER_PREFETCH (4) messages per greenlet.
+        shipped = ("--prefetch-multiplier", "4")
         for concurrency in self.options.ai_concurrencies:
             n = max(100, 5 * concurrency)
             bodies = [_ai_body(f"bench {concurrency} {i} {uuid.uuid4().hex}") for i in range(n)]
-            self.ai_batch(client, section, f"concurrency {concurrency}", bodies, concurrency)
+            name = f"concurrency {concurrency}"
+            self.ai_batch(client, section, name, bodies, concurrency, shipped)
         warm = client.expect("POST", "/api/v1/ai/generate", _ai_body("the cached prompt"), 202)
         self.start_worker("worker-ai", "gevent", "ai", 10)
         self.wait_terminal([warm["task_id"]], timeout=60)
         self.procs.stop("worker-ai")
         top = max(self.options.ai_concurrencies)
         bodies = [_ai_body("the cached prompt")] * 500
-        self.ai_batch(client, section, f"cache hits, concurrency {top}", bodies, top)
-        # Not the Procfile's shape: shows what prefetching one message per slot costs.
+        self.ai_batch(client, section, f"cache hits, concurrency {top}", bodies, top, shipped)
+        # Not the Procfile's shape: what reserving one message per greenlet costs.
         bodies = [_ai_body(f"bench prefetch {i} {uuid.uuid4().hex}") for i in range(250)]
-        extra = ("--prefetch-multiplier", "4")
-        self.ai_batch(client, section, "concurrency 50, --prefetch-multiplier 4", bodies, 50, extra)
+        extra = ("--prefetch-multiplier", "1")
+        self.ai_batch(client, section, "concurrency 50, --prefetch-multiplier 1", bodies, 50, extra)
 
     def ai_batch(
         self,
