@@ -166,19 +166,20 @@ def list_entries(
         .offset((page - 1) * limit)
         .limit(limit)
     ).all()
-    items = [
-        {
-            "id": row.id,
-            "type": row.type,
-            "amount": row.amount,
-            "balance_after": row.balance_after,
-            "description": row.description,
-            "created_at": isoformat(row.created_at),
-            "task_id": str(row.job_id) if row.job_id else None,
-        }
-        for row in rows
-    ]
-    return items, total or 0
+    return [entry_item(row) for row in rows], total or 0
+
+
+def entry_item(row: Any) -> dict[str, Any]:
+    """A ledger entry as GET /transactions shows it (any row with the entry columns)."""
+    return {
+        "id": row.id,
+        "type": row.type,
+        "amount": row.amount,
+        "balance_after": row.balance_after,
+        "description": row.description,
+        "created_at": isoformat(row.created_at),
+        "task_id": str(row.job_id) if row.job_id else None,
+    }
 
 
 def ledger_sum(session: Session, user_id: int) -> int:

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import ledger
 from shared.ai.errors import AIError
 from shared.cache import Cache
-from shared.jobs import isoformat, utcnow
+from shared.jobs import utcnow
 from shared.models import LedgerEntry, User, Wallet
 from shared.run_lock import exclusive_run
 from shared.wallet_cache import DEFAULT_PAGE_LIMIT, user_scope
@@ -219,18 +220,7 @@ def first_pages(
         for wallet_id, user_id in user_of_wallet.items()
     }
     for row in rows:
-        # The same item shape as shared.ledger.list_entries (a test holds them equal).
-        pages[user_of_wallet[row.wallet_id]]["items"].append(
-            {
-                "id": row.id,
-                "type": row.type,
-                "amount": row.amount,
-                "balance_after": row.balance_after,
-                "description": row.description,
-                "created_at": isoformat(row.created_at),
-                "task_id": str(row.job_id) if row.job_id else None,
-            }
-        )
+        pages[user_of_wallet[row.wallet_id]]["items"].append(ledger.entry_item(row))
     return pages
 
 
