@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.support import free_port, running_server
+
 ROOT = Path(__file__).resolve().parent.parent
 CREDENTIALS = "ops:flower-test-password"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get(port: int, path: str, credentials: str | None = None) -> int:
@@ -37,45 +30,14 @@ def _get(port: int, path: str, credentials: str | None = None) -> int:
 
 
 @pytest.fixture(scope="module")
-def flower(settings):
-    port = _free_port()
+def flower(settings, tmp_path_factory):
+    port = free_port()
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
+            f"--port={port}", "--address=127.0.0.1"]  # fmt: skip
     env = {**os.environ, "FLOWER_BASIC_AUTH": CREDENTIALS}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "flower",
-            f"--port={port}",
-            "--address=127.0.0.1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 45
-    try:
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if process.poll() is not None:
-                    raise AssertionError(process.stderr.read().decode()[-2000:]) from None
-                if time.monotonic() > deadline:
-                    raise AssertionError("flower did not start") from None
-                time.sleep(0.2)
+    log_path = tmp_path_factory.mktemp("flower") / "flower.log"
+    with running_server(argv, env=env, log_path=log_path, port=port):
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.parametrize("path", ["/", "/tasks", "/api/workers", "/api/tasks"])

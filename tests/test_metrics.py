@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -14,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import QueueDepthCollector
 from shared.settings import ROOT
-from tests.support import wait_for_state
+from tests.support import free_port, wait_for_state
 from workers.observability import start_metrics_server
 
 
@@ -36,12 +35,6 @@ def scrape(client) -> str:
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
     return response.get_data(as_text=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_http_metrics_move_with_traffic(client):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -15,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import ROOT
-from tests.test_metrics import free_port, value
+from tests.support import free_port, running_server
+from tests.test_metrics import value
 
 
 def _get(url: str) -> int:
@@ -40,35 +38,10 @@ def gunicorn(database_url: str, tmp_path: Path):
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
     }
-    log = (tmp_path / "gunicorn.log").open("w")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "api.wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _get(f"{base}/healthz") == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert process.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.2)
-        yield base, metrics_dir, tmp_path / "gunicorn.log"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    argv = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "api.wsgi:app"]
+    log_path = tmp_path / "gunicorn.log"
+    with running_server(argv, env=env, log_path=log_path, port=port, start_timeout=60):
+        yield f"http://127.0.0.1:{port}", metrics_dir, log_path
 
 
 def _served_by(metrics_dir: Path) -> set[str]:

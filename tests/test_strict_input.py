@@ -5,10 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tests.support import PASSWORD
+from tests.support import PASSWORD, free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_MIB = 1024 * 1024
@@ -201,49 +198,16 @@ def fuzz_headers(app):
     return headers
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def gunicorn_server(settings):
+def gunicorn_server(settings, tmp_path_factory):
     """The production web server (gunicorn, gunicorn.conf.py) on a free loopback port."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_THREADS": "2"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "api.wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if process.poll() is not None:
-                raise AssertionError(process.stderr.read().decode()[-2000:]) from None
-            time.sleep(0.1)
-    yield port
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+            "--bind", f"127.0.0.1:{port}", "api.wsgi:app"]  # fmt: skip
+    log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    with running_server(argv, env=env, log_path=log_path, port=port):
+        yield port
 
 
 def _post_raw(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -15,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import ROOT
-from tests.test_metrics import free_port, value
+from tests.support import free_port, running_server
+from tests.test_metrics import value
 
 
 @pytest.fixture
@@ -33,39 +31,24 @@ def prefork_worker(settings, tmp_path: Path):
         # Inherited from a web process, this must be ignored: the worker keeps its own.
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "web-dir-not-for-workers"),
     }
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "celery"),
-            "-A",
-            "workers.app",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "-Q",
-            queue,
-            "-n",
-            f"{queue}@%h",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    argv = [
+        str(Path(sys.executable).parent / "celery"),
+        "-A",
+        "workers.app",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "2",
+        "-Q",
+        queue,
+        "-n",
+        f"{queue}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    with running_server(argv, env=env, log_path=log_path):
         yield queue, f"http://127.0.0.1:{port}/metrics", log_path
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def _scrape(url: str, deadline: float) -> str:
