@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from shared.settings import ROOT
 from tests.fakes.openai_server import FakeOpenAIServer, RecordedRequest, Scripted
-from tests.support import wait_for_state
+from tests.support import running_server, wait_for_state
 
 pytestmark = pytest.mark.integration
 
@@ -147,42 +147,16 @@ class WorkerOutput:
 def gevent_worker(settings, upstream, *, concurrency: int) -> Iterator[WorkerOutput]:
     """A real `celery worker -P gevent` subprocess on the ai queue, stopped by PID on exit."""
     output = WorkerOutput()
-    with tempfile.TemporaryFile() as sink:
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-P",
-                "gevent",
-                "-c",
-                str(concurrency),
-                "-Q",
-                "ai",
-                "-n",
-                f"gevent-test-{uuid.uuid4().hex[:8]}@%h",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=ROOT,
-            env=_worker_env(settings, upstream),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "gevent",
+            "-c", str(concurrency), "-Q", "ai", "-n", f"gevent-test-{uuid.uuid4().hex[:8]}@%h",
+            "--without-mingle", "--without-gossip"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        log_path = Path(scratch) / "worker.log"
         try:
-            yield output
+            with running_server(argv, env=_worker_env(settings, upstream), log_path=log_path):
+                yield output
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=10)
-            sink.seek(0)
-            output.text = sink.read().decode(errors="replace")
+            output.text = log_path.read_text(errors="replace")
 
 
 def test_the_broker_channel_pool_serves_every_greenlet_at_once(celery_app, settings):
