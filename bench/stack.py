@@ -39,7 +39,7 @@ class BenchDatabase:
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg2://postgres@{self.host}:5432/{self.name}"
+        return f"postgresql://postgres@{self.host}:5432/{self.name}"
 
     def _admin(self):
         conn = psycopg2.connect(self.admin_dsn)

@@ -8,7 +8,7 @@ from alembic import context
 
 from shared.db import create_db_engine
 from shared.models import Base
-from shared.settings import Settings
+from shared.settings import Settings, normalize_database_url
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logging", True):
@@ -19,7 +19,9 @@ target_metadata = Base.metadata
 
 def run_migrations_offline() -> None:
     url = config.attributes.get("url") or Settings.from_env().resolved_database_url
-    context.configure(url=url, target_metadata=target_metadata, literal_binds=True)
+    context.configure(
+        url=normalize_database_url(url), target_metadata=target_metadata, literal_binds=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 

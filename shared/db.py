@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import sessionmaker
 
-from shared.settings import VAR_DIR, Settings
+from shared.settings import VAR_DIR, Settings, normalize_database_url
 
 # PostgreSQL aborts any statement running longer than this, so a runaway query
 # cannot hold a pooled connection (and its locks) forever.
@@ -14,7 +14,7 @@ STATEMENT_TIMEOUT_MS = 30_000
 
 def create_db_engine(settings: Settings, *, url: str | None = None, **overrides) -> Engine:
     """A pooled engine for `settings` (PostgreSQL in production, SQLite for development)."""
-    url = url or settings.resolved_database_url
+    url = normalize_database_url(url) if url else settings.resolved_database_url
     if url.startswith("sqlite"):
         VAR_DIR.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30}, **overrides)

@@ -41,6 +41,27 @@ def _float(value: str, name: str) -> float:
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
+# The database URL forms users type, mapped to the driver Conveyor ships
+# (psycopg2). SQLAlchemy 2.x reads a bare `postgresql://` as psycopg 3, which
+# is not installed; Heroku-style platforms hand out `postgres://`.
+_POSTGRES_SCHEMES = {"postgresql": "postgresql+psycopg2", "postgres": "postgresql+psycopg2"}
+_DATABASE_SCHEMES = ("postgresql+psycopg2", "sqlite")
+
+
+def normalize_database_url(url: str) -> str:
+    """`url` with a bare `postgresql://` or `postgres://` scheme pinned to psycopg2."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError("DATABASE_URL must look like postgresql://user:password@host:5432/db")
+    scheme = _POSTGRES_SCHEMES.get(scheme.lower(), scheme.lower())
+    if scheme not in _DATABASE_SCHEMES:
+        raise ConfigError(
+            "DATABASE_URL must start with postgresql://, postgres://, "
+            f"postgresql+psycopg2:// or sqlite://, got {url.partition('://')[0]}://"
+        )
+    return f"{scheme}://{rest}"
+
+
 def _env(name: str, **kwargs):
     """A dataclass field read from the environment variable `name`."""
     return field(metadata={"env": name}, **kwargs)
@@ -170,6 +191,8 @@ class Settings:
             raise ConfigError(f"AI_PROVIDER must be offline or openai, got {self.ai_provider!r}")
         if self.resolved_ai_provider == "openai" and not self.ai_api_key:
             raise ConfigError("AI_PROVIDER=openai needs AI_API_KEY")
+        if self.database_url:
+            normalize_database_url(self.database_url)
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT must be json or console, got {self.log_format!r}")
 
@@ -179,7 +202,10 @@ class Settings:
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{VAR_DIR / 'conveyor.db'}"
+        """The SQLAlchemy URL: DATABASE_URL with its scheme pinned to psycopg2, else SQLite."""
+        if not self.database_url:
+            return f"sqlite:///{VAR_DIR / 'conveyor.db'}"
+        return normalize_database_url(self.database_url)
 
     @property
     def broker_url(self) -> str:

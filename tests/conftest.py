@@ -27,7 +27,7 @@ REDIS_PREFIX = f"conveyor-test-{RUN_ID}:"
 os.environ.update(
     {
         "CONVEYOR_ENV": "test",
-        "DATABASE_URL": f"postgresql+psycopg2://postgres@{PG_HOST}:5432/{DB_NAME}",
+        "DATABASE_URL": f"postgresql://postgres@{PG_HOST}:5432/{DB_NAME}",
         "REDIS_URL": REDIS_URL,
         "CONVEYOR_REDIS_PREFIX": REDIS_PREFIX,
         # scrypt at a test-sized cost: the same code path, 16x cheaper than production.

@@ -35,7 +35,7 @@ def app_without_redis(settings):
 def app_without_database(settings):
     from api import create_app
 
-    dead = "postgresql+psycopg2://postgres@127.0.0.1:1/nothing"
+    dead = "postgresql://postgres@127.0.0.1:1/nothing"
     flask_app = create_app(dataclasses.replace(settings, database_url=dead))
     yield flask_app
     flask_app.extensions["conveyor"].close()
