@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
@@ -94,9 +97,41 @@ preload_app = False
 control_socket_disable = True
 
 
+# prometheus_client's multiprocess mode: every gunicorn worker writes its
+# samples to files in one directory, and /metrics sums them, so a scrape sees
+# the whole process whichever worker answers it. Without the variable each
+# worker would report only its own requests.
+_METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+_PRIVATE_METRICS_DIR: list[str] = []
+
+
+def on_starting(server: Any) -> None:
+    """Give the workers an empty shared metrics directory before the first one forks."""
+    configured = os.environ.get(_METRICS_DIR_VAR)
+    if not configured:
+        # However `web` is started (the Procfile line alone, a supervisor, a
+        # platform), the workers still share one directory: a private one,
+        # removed again in on_exit.
+        configured = tempfile.mkdtemp(prefix="conveyor-metrics-")
+        _PRIVATE_METRICS_DIR.append(configured)
+        os.environ[_METRICS_DIR_VAR] = configured
+    directory = Path(configured)
+    directory.mkdir(parents=True, exist_ok=True)
+    # A previous run's files would keep adding dead processes' counts to this run's.
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    server.log.info("prometheus multiprocess directory: %s", directory)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the private metrics directory made in on_starting."""
+    for directory in _PRIVATE_METRICS_DIR:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges from the shared Prometheus directory."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if os.environ.get(_METRICS_DIR_VAR):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
