@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from flask import current_app
 
 from api.errors import ApiError
 from api.extensions import resources
-from shared.queue_depth import QueueDepths
-from shared.redis_store import create_redis
+from shared.queue_depth import BrokerUnavailable, QueueDepths
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +30,9 @@ def ensure_queue_capacity(queue: str) -> None:
     """503 `overloaded` when `queue` already holds more than QUEUE_MAX_DEPTH messages."""
     limit = resources().settings.queue_max_depth
     try:
-        depth = _queue_depths().depth(queue)
-    except redis.RedisError:
-        # The broker's Redis is unreachable: publishing will fail and answer
-        # 503 on its own; nothing to add here.
+        depth = queue_depths().depth(queue)
+    except BrokerUnavailable:
+        # Publishing will fail and answer 503 naming the broker; nothing to add here.
         return
     if depth > limit:
         log.warning("queue %s overloaded: %d waiting (limit %d)", queue, depth, limit)
@@ -48,14 +45,6 @@ def ensure_queue_capacity(queue: str) -> None:
         )
 
 
-def _queue_depths() -> QueueDepths:
-    depths = current_app.extensions.get("conveyor.queue_depths")
-    if depths is None:
-        res = resources()
-        settings = res.settings
-        # The queues live on the broker, which may be another Redis than REDIS_URL.
-        same = settings.broker_url == settings.redis_url
-        client = res.redis if same else create_redis(settings, url=settings.broker_url)
-        depths = QueueDepths(client, settings.redis_key_prefix)
-        current_app.extensions["conveyor.queue_depths"] = depths
-    return depths
+def queue_depths() -> QueueDepths:
+    """This app's reader of the broker's queue depths (built with the metrics collector)."""
+    return current_app.extensions["conveyor.queue_depths"]

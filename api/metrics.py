@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, event
 
 from api.openapi import PlainText, documented
+from shared.queue_depth import BrokerUnavailable, QueueDepths
 from shared.redis_store import Keys
 
 bp = Blueprint("metrics", __name__)
@@ -76,24 +77,21 @@ def instrument_pool(engine: Engine, name: str) -> None:
 
 
 class QueueDepthCollector(Collector):
-    """LLEN of each Celery queue, read from the broker's Redis at scrape time."""
+    """Messages waiting in each Celery queue, read from the broker at scrape time."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, queues: Sequence[str]) -> None:
-        self.client, self.keys, self.queues = client, keys, list(queues)
+    def __init__(self, depths: QueueDepths, queues: Sequence[str]) -> None:
+        self.depths, self.queues = depths, list(queues)
 
     def collect(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily(
             "conveyor_queue_depth", "Messages waiting in each queue.", labels=["queue"]
         )
-        up = GaugeMetricFamily("conveyor_broker_up", "1 when the broker's Redis answered.")
+        up = GaugeMetricFamily("conveyor_broker_up", "1 when the broker answered.")
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for queue in self.queues:
-                pipe.llen(f"{self.keys.prefix}{queue}")
-            for queue, length in zip(self.queues, pipe.execute(), strict=True):
+            for queue, length in self.depths.read(self.queues).items():
                 depth.add_metric([queue], length)
             up.add_metric([], 1)
-        except redis.RedisError:
+        except BrokerUnavailable:
             up.add_metric([], 0)
         yield depth
         yield up

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from api import metrics
 from shared import logging_setup, slow_queries
+from shared.queue_depth import create_queue_depths
 from shared.resources import Resources
 
 access_log = logging.getLogger("conveyor.access")
@@ -19,7 +20,9 @@ def init_app(app: Flask, res: Resources, queues: list[str]) -> None:
     """Install logging, request hooks and the metrics endpoint on `app`."""
     logging_setup.configure_logging(res.settings)
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(metrics.QueueDepthCollector(res.redis, res.keys, queues))
+    # One reader of the real broker's queues, for admission control and /metrics.
+    app.extensions["conveyor.queue_depths"] = depths = create_queue_depths(res.settings, res.redis)
+    registry.register(metrics.QueueDepthCollector(depths, queues))
     registry.register(metrics.CacheStatsCollector(res.redis, res.keys))
     app.extensions["conveyor.metrics"] = registry
     metrics.instrument_pool(res.engine, "main")

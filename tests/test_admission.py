@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from shared import jobs
 from shared.models import Job
-from shared.queue_depth import QueueDepths
+from shared.queue_depth import RedisQueueDepths
 from tests.hardening_support import app_with, unique_name
 from tests.support import register_and_login
 
@@ -130,7 +130,7 @@ def test_overloaded_queue_answers_503_with_retry_after(settings, redis_client):
 def test_queue_depth_is_cached_per_process(redis_client, settings):
     now = [0.0]
     prefix = f"{settings.redis_key_prefix}depth:"
-    depths = QueueDepths(redis_client, prefix, max_age=1.0, clock=lambda: now[0])
+    depths = RedisQueueDepths(redis_client, prefix, max_age=1.0, clock=lambda: now[0])
     try:
         assert depths.depth("q") == 0
         redis_client.rpush(f"{prefix}q", "x", "y")

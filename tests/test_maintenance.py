@@ -79,7 +79,10 @@ def test_redispatch_sweep_recovers_a_job_whose_message_was_deleted(
 
     def sweep() -> list[str]:
         return maintenance.redispatch_lost(
-            resources.sessions, redis_client, prefix, publish, older_than_seconds=3600
+            resources.sessions,
+            maintenance.RedisInFlight(redis_client, prefix),
+            publish,
+            older_than_seconds=3600,
         )
 
     first = sweep()

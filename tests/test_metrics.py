@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import QueueDepthCollector
+from shared.queue_depth import RedisQueueDepths
 from shared.settings import ROOT
 from tests.support import free_port, wait_for_state
 from workers.observability import start_metrics_server
@@ -98,7 +99,9 @@ def test_queue_depth_pool_and_cache_metrics(client, resources, redis_client):
 
 def test_queue_depth_is_read_from_redis_at_scrape_time(resources, redis_client):
     queue = f"depth-probe-{uuid.uuid4().hex[:8]}"
-    collector = QueueDepthCollector(resources.redis, resources.keys, [queue])
+    collector = QueueDepthCollector(
+        RedisQueueDepths(resources.redis, resources.keys.prefix), [queue]
+    )
 
     def depth() -> float:
         (family, _up) = list(collector.collect())

@@ -63,13 +63,16 @@ def expire_notifications() -> dict:
 def redispatch_lost() -> dict:
     """Re-publish PENDING jobs whose broker message is gone."""
     res = resources()
-    ids = maintenance.redispatch_lost(
-        res.sessions,
-        res.redis,
-        res.settings.redis_key_prefix,
-        publisher(app),
-        older_than_seconds=res.settings.redispatch_after_seconds,
-    )
+    in_flight = maintenance.broker_in_flight(res.settings, res.redis)
+    try:
+        ids = maintenance.redispatch_lost(
+            res.sessions,
+            in_flight,
+            publisher(app),
+            older_than_seconds=res.settings.redispatch_after_seconds,
+        )
+    finally:
+        in_flight.close()
     return {"redispatched": ids}
 
 
