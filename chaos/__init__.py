@@ -1,0 +1,1 @@
+"""`make chaos`: real faults against private Conveyor stacks, ledger invariants checked."""

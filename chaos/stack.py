@@ -1,0 +1,331 @@
+"""One scenario's private stack: Redis with AOF, PostgreSQL, and Conveyor's own processes.
+
+Processes are started as the Procfile starts them (its own command lines,
+read from the Procfile at run time) and stopped by PID, newest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg2
+import redis
+
+from bench.stack import BIN, ROOT, Processes, free_port, gunicorn_argv, wait_http
+from chaos.netns import inside
+
+# Debian installs each major version's server binaries side by side; take the newest.
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+# setpriv execs (no fork, unlike su/runuser), so the PID we hold is the server's own.
+AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", "--"]
+
+# Variables a developer's shell may carry that would point the stack elsewhere.
+_INHERITED = (
+    "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
+    "PROMETHEUS_MULTIPROC_DIR", "PORT", "CONVEYOR_REDIS_PREFIX", "WORKER_CONCURRENCY",
+)  # fmt: skip
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float, interval: float = 0.2):
+    """Poll `predicate` (exceptions count as "not yet") until true; RuntimeError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # a server still starting raises anything
+            last = exc
+        time.sleep(interval)
+    raise RuntimeError(
+        f"{what} not within {timeout:.0f} s" + (f" (last error: {last})" if last else "")
+    )
+
+
+def procfile_command(process_type: str) -> str:
+    """The shell command of one Procfile process type, as a platform would run it."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and not line.startswith("#") and name.strip() == process_type:
+            return command.strip()
+    raise KeyError(f"Procfile has no {process_type!r} line")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (a prefork worker's pool processes)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class ChildProcesses(Processes):
+    """bench's process table, stopped newest first (servers outlive their clients)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__(log_dir)
+        self.order: list[str] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        if name in self.order:
+            self.order.remove(name)
+        self.order.append(name)
+        return super().start(name, argv, env)
+
+    def kill_group(self, name: str) -> None:
+        """SIGKILL the process and its whole group (its own session), then reap it."""
+        pid = self.pid(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        self.stop(name)
+
+    def stop_all(self) -> None:
+        for name in reversed(self.order):
+            self.stop(name)
+
+    def log_tail(self, name: str, chars: int = 2000) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+class RedisServer:
+    """A redis-server of our own with AOF (`appendfsync everysec`), restartable on its port."""
+
+    def __init__(
+        self, procs: ChildProcesses, data_dir: Path, *, host: str = "127.0.0.1",
+        port: int | None = None, wrap: list[str] | None = None, netns: str | None = None,
+    ) -> None:  # fmt: skip
+        self.procs, self.data_dir, self.host = procs, data_dir, host
+        self.port = port or free_port()
+        self.wrap, self.netns = wrap or [], netns
+        data_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [
+            *self.wrap, shutil.which("redis-server") or "redis-server",
+            "--bind", self.host, "--port", str(self.port), "--dir", str(self.data_dir),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--daemonize", "no",
+        ]  # fmt: skip
+        self.procs.start("redis", argv, dict(os.environ))
+        with inside(self.netns):
+            client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
+            try:
+                wait_for("redis answering", client.ping, 30)
+            finally:
+                client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final fsync; AOF keeps what reached it (everysec)."""
+        os.kill(self.procs.pid("redis"), signal.SIGKILL)
+        self.procs.stop("redis")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, decode_responses=True, socket_timeout=5)
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster: initdb into a temp dir, run as the postgres user."""
+
+    def __init__(
+        self, procs: ChildProcesses, *, host: str = "127.0.0.1", port: int | None = None,
+        wrap: list[str] | None = None, netns: str | None = None,
+    ) -> None:  # fmt: skip
+        self.procs, self.host = procs, host
+        self.port = port or free_port()
+        self.wrap, self.netns = wrap or [], netns
+        self.root: Path | None = None
+        self.process: subprocess.Popen | None = None
+
+    def init(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="conveyor-chaos-pg-"))
+        owner = pwd.getpwnam("postgres")
+        os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        subprocess.run(
+            [
+                *AS_POSTGRES, str(PG_BIN / "initdb"), "-D", str(self.root / "data"),
+                "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync",
+            ],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        assert self.root is not None, "init() first"
+        argv = [
+            *self.wrap, *AS_POSTGRES, str(PG_BIN / "postgres"), "-D", str(self.root / "data"),
+            "-p", str(self.port), "-c", f"listen_addresses={self.host}",
+            "-c", f"unix_socket_directories={self.root}", "-c", "max_connections=200",
+            # fsync only matters when the machine itself crashes; every fault
+            # here kills processes, and the OS keeps what they wrote.
+            "-c", "fsync=off", "-c", "full_page_writes=off",
+        ]  # fmt: skip
+        self.process = self.procs.start("postgres", argv, dict(os.environ))
+        wait_for("postgres accepting connections", self._answers, 60)
+
+    def _answers(self) -> bool:
+        self._connect("postgres").close()
+        return True
+
+    def stop(self, *, immediate: bool = True) -> None:
+        """Immediate (SIGQUIT: no checkpoint, crash recovery on the next start) or fast shutdown."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGQUIT if immediate else signal.SIGINT)
+        self.process.wait(60)
+        self.procs.stop("postgres")
+
+    def _connect(self, dbname: str):
+        with inside(self.netns):
+            conn = psycopg2.connect(
+                host=self.host, port=self.port, user="postgres", dbname=dbname, connect_timeout=3
+            )
+        conn.autocommit = True
+        return conn
+
+    def create_database(self, name: str) -> ClusterDatabase:
+        """A new, migrated database in this cluster."""
+        from scripts.migrate import upgrade
+
+        conn = self._connect("postgres")
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        database = ClusterDatabase(self, name)
+        with inside(self.netns):
+            upgrade(database.url, configure_logging=False)
+        return database
+
+    def destroy(self) -> None:
+        self.stop(immediate=False)
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+class ClusterDatabase:
+    """One database of a PostgresCluster, read like bench's BenchDatabase."""
+
+    def __init__(self, cluster: PostgresCluster, name: str) -> None:
+        self.cluster, self.name = cluster, name
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{self.cluster.host}:{self.cluster.port}/{self.name}"
+
+    def query(self, statement: str, params: tuple = ()) -> list[tuple]:
+        conn = self.cluster._connect(self.name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement, params)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+
+def conveyor_env(database_url: str, redis_url: str, work_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of every Conveyor process of one stack."""
+    env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
+    env.update(
+        {
+            # The Procfile's lines call `gunicorn` and `celery` by name.
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "CONVEYOR_ENV": "development",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "SECRET_KEY": secrets.token_hex(32),
+            "LOG_LEVEL": "INFO",
+            "LOG_FORMAT": "json",
+            # Faults, not limits, are under test: users submit thousands of jobs.
+            "RATELIMIT_ENABLED": "false",
+            "LOGIN_GENERATES_TRANSACTIONS": "false",
+            "MAX_INFLIGHT_JOBS": "1000000",
+            "QUEUE_MAX_DEPTH": "1000000",
+            "AI_PROVIDER": "offline",
+            # Time compressed so a scenario takes minutes: a dead worker's
+            # messages come back after 20 s, a lost publish after 30 s.
+            "BROKER_VISIBILITY_TIMEOUT": "20",
+            "REDISPATCH_AFTER_SECONDS": "30",
+            "WEB_CONCURRENCY": "2",
+            "WORKER_METRICS_PORT": "0",
+            "BEAT_SCHEDULE_FILE": str(work_dir / "celerybeat-schedule"),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class Conveyor:
+    """web, worker and beat of one stack, each started from its Procfile line."""
+
+    def __init__(self, procs: ChildProcesses, env: dict[str, str]) -> None:
+        self.procs, self.env = procs, env
+
+    def start_web(self, *, host: str = "127.0.0.1", wrap: list[str] | None = None,
+                  netns: str | None = None) -> str:  # fmt: skip
+        """Start gunicorn (gunicorn.conf.py, api.wsgi:app); its base URL once /healthz answers."""
+        if wrap:
+            # On its own host the Procfile line binds 0.0.0.0:$PORT: that host's addresses only.
+            port = 8000
+            argv = [*wrap, "/bin/sh", "-c", procfile_command("web")]
+        else:
+            port = free_port()
+            argv = gunicorn_argv("api.wsgi:app", port)  # the same command, bound to loopback
+        env = {**self.env, "PORT": str(port), "LOG_LEVEL": "WARNING"}
+        self.procs.start("web", argv, env)
+        base = f"http://{host}:{port}"
+        with inside(netns):
+            wait_http(base + "/healthz", timeout=60, check=lambda: self.procs.check_alive("web"))
+        return base
+
+    def start_worker(self, name: str, *, wrap: list[str] | None = None,
+                     hostname: str | None = None) -> subprocess.Popen:  # fmt: skip
+        """The Procfile's `worker` line; on a host of its own, under that host's name."""
+        script = procfile_command("worker")
+        if hostname:
+            # Its own UTS namespace, so `-n worker@%h` names the host, as on a real machine.
+            argv = [
+                *(wrap or []),
+                "unshare",
+                "--uts",
+                "/bin/sh",
+                "-c",
+                f"hostname {hostname} && {script}",
+            ]
+        else:
+            argv = ["/bin/sh", "-c", script]
+        return self.procs.start(name, argv, self.env)
+
+    def start_beat(self, *, wrap: list[str] | None = None) -> None:
+        self.procs.start(
+            "beat", [*(wrap or []), "/bin/sh", "-c", procfile_command("beat")], self.env
+        )
+
+    def wait_worker_ready(self, name: str, timeout: float = 60) -> None:
+        """Until the worker logs that it consumes (Celery's "ready" line)."""
+
+        def ready() -> bool:
+            self.procs.check_alive(name)
+            return " ready." in self.procs.log_tail(name, 200_000)
+
+        wait_for(f"{name} ready", ready, timeout, interval=0.3)
