@@ -6,12 +6,6 @@ from kombu import Exchange, Queue
 
 from beat_schedule import beat_schedule  # noqa: F401 - read by Celery as a setting
 
-# Longest hard time limit of any task (ai.*: 2 x AI_TIMEOUT_SECONDS + 45 s,
-# 165 s by default; workers/tasks/ai.py refuses to load past this) plus the longest retry
-# countdown we schedule (300 s). Redis redelivers an unacked message after
-# this long, so it must exceed both or a healthy task would run twice.
-VISIBILITY_TIMEOUT_SECONDS = 3600
-
 # JSON only: a pickled message is refused, never executed.
 accept_content = ["json"]
 task_serializer = "json"
@@ -44,7 +38,8 @@ task_routes = {
     "maintenance.*": {"queue": "maintenance"},
 }
 
-broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+# The Redis transport's visibility timeout and lease renewal come from
+# Settings (BROKER_VISIBILITY_TIMEOUT) in workers/app.py; see workers/broker_leases.py.
 # Results of tasks that store them (the canary) are not needed past a day.
 result_expires = 24 * 3600
 # Fallback limits for any task that does not set its own on the decorator.

@@ -140,6 +140,11 @@ class Settings:
     cache_warm_ai_top: int = _env("CACHE_WARM_AI_TOP", default=20)
     cache_warm_ai_expiring_seconds: int = _env("CACHE_WARM_AI_EXPIRING_SECONDS", default=600)
 
+    # Redis broker: a message held by a worker that stops renewing its lease
+    # (the worker died) goes back on its queue after this many seconds; live
+    # workers renew theirs, so a long job is never redelivered while it runs.
+    broker_visibility_timeout: int = _env("BROKER_VISIBILITY_TIMEOUT", default=90)
+
     # Housekeeping (beat): when a PENDING job counts as lost, and the slack
     # past a task's hard time limit before a STARTED job counts as stuck.
     redispatch_after_seconds: int = _env("REDISPATCH_AFTER_SECONDS", default=300)
@@ -193,6 +198,8 @@ class Settings:
             raise ConfigError("AI_PROVIDER=openai needs AI_API_KEY")
         if self.database_url:
             normalize_database_url(self.database_url)
+        if self.broker_visibility_timeout < 2:
+            raise ConfigError("BROKER_VISIBILITY_TIMEOUT must be at least 2 seconds")
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT must be json or console, got {self.log_format!r}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.settings import Settings
+from workers import broker_leases
 
 TASK_MODULES = [
     "workers.tasks.ledger",
@@ -27,12 +28,15 @@ def create_celery_app(settings: Settings) -> Celery:
         # stacks (or test runs) can share one Redis without seeing each other.
         broker_transport_options={
             **app.conf.broker_transport_options,
+            **broker_leases.transport_options(settings.broker_visibility_timeout),
             "global_keyprefix": prefix,
             "max_connections": broker_max_connections(settings),
         },
         result_backend_transport_options={"global_keyprefix": prefix},
     )
     app.conf.conveyor_settings = settings
+    # Live workers renew their held messages' leases; a dead one's come back.
+    app.steps["consumer"].add(broker_leases.LeaseRenewal)
     return app
 
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from celeryconfig import VISIBILITY_TIMEOUT_SECONDS
 from shared.ai import quota
 from shared.ai.errors import AIError
 from shared.ai.generation import generate
 from shared.ai.providers import retry_delay
 from shared.ai.request import AIRequest, AIRequestError
 from shared.jobs import JobError
-from shared.settings import ConfigError
 from workers import ai_runtime
 from workers.app import app
 from workers.jobs import JobRun, run_job
@@ -45,13 +43,9 @@ def time_limits(ai_timeout_seconds: float) -> tuple[float, float]:
 
 
 SOFT_TIME_LIMIT, TIME_LIMIT = time_limits(app.conf.conveyor_settings.ai_timeout_seconds)
-# Redis redelivers a message unacked for the visibility timeout; a retry's
-# message sits reserved for its countdown and then runs up to the hard limit.
-if TIME_LIMIT + MAX_COUNTDOWN_SECONDS >= VISIBILITY_TIMEOUT_SECONDS:
-    raise ConfigError(
-        f"AI_TIMEOUT_SECONDS is too large: an ai task could outlive the broker's "
-        f"{VISIBILITY_TIMEOUT_SECONDS}s visibility timeout and run twice"
-    )
+# However long an attempt or a retry's countdown, the worker holding its
+# message renews the message's lease (workers/broker_leases.py), so it is not
+# redelivered while it runs or waits.
 
 TASK_OPTIONS = {
     "bind": True,
