@@ -8,8 +8,8 @@ Keys (under the configured prefix, e.g. "conveyor:"):
 - `cache:gen:<scope>`: the scope's generation (e.g. `user:42`). Invalidating a
   scope increments it, so every key built with the old generation is
   unreachable at once, whatever the namespace.
-- `cache:lock:<namespace>:...`: held (SET NX PX) by the one process computing
-  a missing value; the others wait briefly for it (single-flight).
+- `<value key>:lock`: held by the one process computing a missing value; the
+  others wait briefly for it (single-flight, shared/locks.py).
 - `cache:stats`: one hash, `<namespace>:hits` / `<namespace>:misses`, so every
   web and worker process adds to the same figures.
 
@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from shared.locks import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,6 @@ local generation = redis.call('GET', KEYS[1]) or '0'
 local value = redis.call('GET', ARGV[1] .. generation .. ARGV[2])
 if value then redis.call('HINCRBY', KEYS[2], ARGV[3] .. ':hits', 1) end
 return {generation, value or false}
-"""
-# Delete the lock only if we still hold it: after expiry another process may.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 
@@ -101,7 +96,9 @@ class Cache:
         self.generation_ttl = max(generation_ttl, 2 * max(self.ttls.values(), default=0))
         self.stats_key = f"{prefix}cache:stats"
         self._lookup = client.register_script(_LOOKUP)
-        self._release = client.register_script(_RELEASE)
+        self._flight: SingleFlight[Any] = SingleFlight(
+            client, lock_ttl=lock_ttl, poll_interval=poll_interval, wait_timeout=wait_timeout
+        )
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Any) -> Cache:
@@ -156,50 +153,19 @@ class Cache:
     def _single_flight(
         self, namespace: str, key: str, compute: Callable[[], Any]
     ) -> tuple[Any, bool]:
-        lock_key = key.replace(f"{self.prefix}cache:", f"{self.prefix}cache:lock:", 1)
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + self.wait_timeout
         try:
-            while True:
-                if self.redis.set(lock_key, token, nx=True, px=int(self.lock_ttl * 1000)):
-                    return self._compute_locked(namespace, key, lock_key, token, compute)
-                # Someone else is computing it: wait for their value.
-                while time.monotonic() < deadline:
-                    time.sleep(self.poll_interval)
-                    pipe = self.redis.pipeline(transaction=False)
-                    pipe.get(key)
-                    pipe.exists(lock_key)
-                    raw, locked = pipe.execute()
-                    if raw is not None:
-                        self.redis.hincrby(self.stats_key, f"{namespace}:hits", 1)
-                        return json.loads(raw), True
-                    if not locked:
-                        break  # the holder gave up without a value; try to take over
-                else:
-                    break  # waited long enough; answer from the source
+            value, from_cache = self._flight.run(
+                key,
+                load=lambda raw: None if raw is None else json.loads(raw),
+                compute=compute,
+                store=lambda value: self._write(namespace, key, value),
+            )
         except redis.RedisError:
             log.warning("read cache unavailable; computing %s uncached", namespace, exc_info=True)
-        self._count(namespace, misses=1)
-        return compute(), False
-
-    def _compute_locked(
-        self, namespace: str, key: str, lock_key: str, token: str, compute: Callable[[], Any]
-    ) -> tuple[Any, bool]:
-        try:
-            # The previous holder may have stored it between our lookup and our lock.
-            raw = self.redis.get(key)
-            if raw is not None:
-                self._count(namespace, hits=1)
-                return json.loads(raw), True
-            value = compute()
             self._count(namespace, misses=1)
-            self._write(namespace, key, value)
-            return value, False
-        finally:
-            try:
-                self._release(keys=[lock_key], args=[token])
-            except redis.RedisError:
-                log.warning("could not release cache lock %s", lock_key, exc_info=True)
+            return compute(), False
+        self._count(namespace, hits=int(from_cache), misses=int(not from_cache))
+        return value, from_cache
 
     # Writes
 

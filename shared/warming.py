@@ -22,8 +22,8 @@ from shared import ledger
 from shared.ai.errors import AIError
 from shared.cache import Cache
 from shared.jobs import utcnow
+from shared.locks import exclusive, lock_key
 from shared.models import LedgerEntry, User, Wallet
-from shared.run_lock import exclusive_run
 from shared.wallet_cache import DEFAULT_PAGE_LIMIT, user_scope
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def warm(
     wanted = [target for target in TARGETS if target in set(targets)]
     outcome = WarmOutcome(targets=wanted)
     report = progress or (lambda _percent, _message: None)
-    with exclusive_run(cache.redis, cache.prefix, LOCK_NAME, lock_ttl) as acquired:
+    with exclusive(cache.redis, lock_key(cache.prefix, LOCK_NAME), lock_ttl) as acquired:
         if not acquired:
             outcome.skipped = True
             return outcome

@@ -12,8 +12,8 @@ from sqlalchemy import update
 
 from shared import accounts, ledger
 from shared.jobs import utcnow
+from shared.locks import exclusive, lock_key
 from shared.models import User, Wallet
-from shared.run_lock import exclusive_run
 from shared.wallet_cache import DEFAULT_PAGE_LIMIT, user_scope
 from shared.warming import LOCK_NAME, warm
 from tests.support import fund, wait_for_state
@@ -170,7 +170,7 @@ def test_warm_job_over_the_api(client, make_user, resources, worker):
     assert invalid.status_code == 422
 
     prefix = resources.settings.redis_key_prefix
-    with exclusive_run(resources.redis, prefix, LOCK_NAME, 60) as held:
+    with exclusive(resources.redis, lock_key(prefix, LOCK_NAME), 60) as held:
         assert held
         response = client.post(
             "/api/v1/cache/warm", json={"targets": ["balances"]}, headers=headers

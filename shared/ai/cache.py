@@ -10,10 +10,12 @@ Keys (all under the configured prefix, e.g. "conveyor:"):
   instead of queueing up behind one another against a failing upstream.
 - `ai:popular`: sorted set, request JSON → times requested, for cache warming.
 
-Single-flight: concurrent identical requests make ONE upstream call. The
-winner holds the lock while computing; the others poll until the value (or
-the winner's shared failure) appears, or the lock disappears, and then take
-the lock themselves. A lock outliving its holder expires after `lock_ttl`.
+Single-flight (shared/locks.py): concurrent identical requests make ONE
+upstream call. The winner holds the lock while computing; the others poll
+until the value (or the winner's shared failure) appears, or the lock
+disappears, and then take the lock themselves. A lock outliving its holder
+expires after `lock_ttl`. What is the AI cache's own: which failures are
+shared, and the popularity ranking.
 
 If Redis fails before the computation starts, the cache steps aside and the
 request is computed uncached (logged); a result is never computed twice
@@ -25,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ import redis
 
 from shared.ai.errors import AIError
 from shared.ai.request import AIRequest, AIRequestError
+from shared.locks import SingleFlight
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -45,15 +46,27 @@ log = logging.getLogger(__name__)
 _SHARED_FAILURE_CODES = frozenset(
     {"ai_timeout", "ai_unavailable", "ai_rate_limited", "ai_bad_response", "ai_rejected"}
 )
-# Delete the lock only if we still hold it: after expiry another worker may.
-_RELEASE_LOCK = """
-if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
-return 0
-"""
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
+def _shared_failure(error: BaseException) -> dict | None:
+    """What waiters on the same request should fail with, or None to keep it private."""
+    if not isinstance(error, AIError) or error.code not in _SHARED_FAILURE_CODES:
+        return None
+    return {
+        "code": error.code,
+        "message": error.message,
+        "retryable": error.retryable,
+        "retry_after": error.retry_after,
+    }
+
+
+def _revive_failure(record: dict) -> AIError:
+    return AIError(
+        record["code"],
+        record["message"],
+        retryable=record["retryable"],
+        retry_after=record["retry_after"],
+    )
 
 
 def _parse(raw: bytes | str | None, key: str) -> dict | None:
@@ -91,7 +104,14 @@ class AICache:
         self.failure_ttl = failure_ttl
         self.popular_max = popular_max
         self.popular_key = prefix + "ai:popular"
-        self._release_lock = client.register_script(_RELEASE_LOCK)
+        self._flight: SingleFlight[dict] = SingleFlight(
+            client,
+            lock_ttl=lock_ttl,
+            poll_interval=poll_interval,
+            failure_ttl=failure_ttl,
+            share=_shared_failure,
+            revive=_revive_failure,
+        )
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> AICache:
@@ -183,80 +203,12 @@ class AICache:
         cached = self._read(key)
         if cached is not None:
             return cached, True
-        lock_key = key + ":lock"
-        token = uuid.uuid4().hex
-        while True:
-            if self.redis.set(lock_key, token, nx=True, px=int(self.lock_ttl * 1000)):
-                return self._compute_locked(key, lock_key, token, kind, compute)
-            holder = _text(self.redis.get(lock_key))
-            value = self._wait_for(key, lock_key, holder)
-            if value is not None:
-                return value, True
-            # The lock went away without a value: its holder died or failed
-            # with a private error. Loop and try to become the holder.
-
-    def _compute_locked(
-        self, key: str, lock_key: str, token: str, kind: str, compute: Callable[[], dict]
-    ) -> tuple[dict, bool]:
-        try:
-            # Another worker may have stored the value between our read and our lock.
-            cached = self._read(key)
-            if cached is not None:
-                return cached, True
-            try:
-                value = compute()
-            except AIError as error:
-                self._publish_failure(key, token, error)
-                raise
-            self._write(key, kind, value)
-            return value, False
-        finally:
-            try:
-                self._release_lock(keys=[lock_key], args=[token])
-            except redis.RedisError:
-                log.warning("could not release ai cache lock %s", lock_key, exc_info=True)
-
-    def _wait_for(self, key: str, lock_key: str, holder: str | None) -> dict | None:
-        """Poll until the value appears (returned), a shared failure (raised), or the lock goes."""
-        failure_key = f"{key}:failed:{holder}"
-        while True:
-            time.sleep(self.poll_interval)
-            # One round trip, in this order: the holder writes the value or the
-            # failure before releasing, so a lock seen gone here means both
-            # later reads already see whatever it left.
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.get(lock_key)
-            pipe.get(key)
-            pipe.get(failure_key)
-            lock, value, failure = pipe.execute()
-            if value is not None:
-                return _parse(value, key)
-            if failure is not None and holder is not None:
-                shared = json.loads(failure)
-                raise AIError(
-                    shared["code"],
-                    shared["message"],
-                    retryable=shared["retryable"],
-                    retry_after=shared["retry_after"],
-                )
-            if holder is None or _text(lock) != holder:
-                return None
-
-    def _publish_failure(self, key: str, token: str, error: AIError) -> None:
-        if error.code not in _SHARED_FAILURE_CODES:
-            return
-        record = {
-            "code": error.code,
-            "message": error.message,
-            "retryable": error.retryable,
-            "retry_after": error.retry_after,
-        }
-        try:
-            self.redis.set(
-                f"{key}:failed:{token}", json.dumps(record), px=int(self.failure_ttl * 1000)
-            )
-        except redis.RedisError:
-            log.warning("could not share ai failure for %s", key, exc_info=True)
+        return self._flight.run(
+            key,
+            load=lambda raw: _parse(raw, key),
+            compute=compute,
+            store=lambda value: self._write(key, kind, value),
+        )
 
     def _read(self, key: str) -> dict | None:
         return _parse(self.redis.get(key), key)
