@@ -6,6 +6,7 @@ from celery import Celery
 
 from shared.settings import Settings
 from workers import broker_leases
+from workers.kombu_patches import guard_detached_transport
 
 TASK_MODULES = [
     "workers.tasks.ledger",
@@ -18,6 +19,8 @@ TASK_MODULES = [
 
 def create_celery_app(settings: Settings) -> Celery:
     """A Celery app whose broker, backend and key prefix come from `settings`."""
+    # kombu 5.7.0 can kill a worker that loses Redis while holding messages.
+    guard_detached_transport()
     app = Celery("conveyor", include=TASK_MODULES)
     app.config_from_object("celeryconfig")
     prefix = settings.redis_key_prefix

@@ -1,0 +1,62 @@
+"""A guard for kombu's Redis transport: a worker must survive Redis dying while it holds messages.
+
+The bug (kombu 5.7.0, the newest release; the same path as celery/kombu#582):
+when Redis dies, a worker sometimes exits with `Unrecoverable error:
+AttributeError("'NoneType' object has no attribute 'hostname'")`. Path:
+
+1. Redis dies while the task channel has a BRPOP in flight (it holds ETA or
+   countdown messages unacked, so its prefetch is not full) and the loss is
+   first seen on another socket (the pidbox/events LISTEN connection).
+2. Celery's `Consumer.on_connection_error_after_connected` calls
+   `Connection.collect()`. Its close of the task channel tries to drain the
+   in-flight BRPOP (`redis.Channel.close` -> `_brpop_read`), which raises
+   ConnectionError before the channel is marked closed; `maybe_close_channel`
+   swallows it and leaves the channel half-closed with its unacked messages.
+   `Transport.close_connection` stops at the next channel whose close fails
+   (a fanout `queue_delete`), and `_do_close_transport` then sets
+   `transport.client = None`.
+3. Celery then calls `connection.close()`, which closes that task channel
+   again: its pools are dropped, `virtual.Channel.close` runs
+   `QoS.restore_unacked_once()`, the restore asks for a new pool, and
+   `redis.Channel._connparams` reads `self.connection.client.hostname` on the
+   detached transport. The AttributeError is neither a connection nor a
+   channel error, so it escapes `ignore_errors` and the worker's consumer.
+
+The guard: `_connparams` on a detached transport raises redis's
+ConnectionError (one of the transport's `connection_errors`), so every late
+caller (that second close, a `Finalize` restore at exit) sees what it
+already handles, a broker it cannot reach. The restore then fails exactly as
+it does on the ordinary path with Redis down: the messages stay in kombu's
+`unacked` hash and return to their queue when their lease expires
+(workers/broker_leases.py), after which each job runs once.
+
+Remove this module when a kombu release no longer dies in
+tests/test_worker_survives_redis_loss.py without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+_PATCHED_FLAG = "_conveyor_detached_transport_guard"
+
+
+def guard_detached_transport() -> None:
+    """Make kombu Redis channels on a closed transport raise ConnectionError, not AttributeError."""
+    channel_class = kombu_redis.Channel
+    if getattr(channel_class, _PATCHED_FLAG, False):
+        return
+    original = channel_class._connparams
+
+    def _connparams(self: Any, asynchronous: bool = False) -> dict[str, Any]:
+        if getattr(self.connection, "client", None) is None:
+            # Connection.collect()/close() detached this channel's transport:
+            # there is nothing left to connect with, as when the broker is down.
+            raise RedisConnectionError("kombu transport already closed; channel cannot reconnect")
+        return original(self, asynchronous=asynchronous)
+
+    channel_class._connparams = _connparams
+    setattr(channel_class, _PATCHED_FLAG, True)
