@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from shared import jobs
 from shared.jobs import ClaimedJob, JobError
 from shared.resources import Resources
+from workers.app import delayable_countdown
 from workers.runtime import resources
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class JobRun:
         with self.res.sessions.begin() as session:
             jobs.mark_state(session, self.job.id, "RETRY", message)
         self._publish({**self.status, "state": "RETRY", "message": message[:255]})
-        return self.task.retry(exc=exc, countdown=countdown)
+        return self.task.retry(exc=exc, countdown=delayable_countdown(self.task.app, countdown))
 
     def _publish(self, status: dict[str, Any]) -> None:
         status = {**status, "updated_at": jobs.isoformat(jobs.utcnow())}
