@@ -291,6 +291,28 @@ def test_compose_worker_pools_match_the_procfile(compose: dict) -> None:
     assert (option(worker_ai, "-P"), option(worker_ai, "-Q")) == ("gevent", "ai")
 
 
+def published_host_port(entry: str | int | dict) -> str | None:
+    """The host side of a compose `ports` entry (short or long form), None when unpublished."""
+    if isinstance(entry, dict):
+        published = entry.get("published")
+        return None if published is None else str(published)
+    # [ip:]host:container, or just container; the host part may hold ${VAR:-default}.
+    host, colon, _container = str(entry).rpartition(":")
+    return re.sub(r"^\d+(?:\.\d+){3}:", "", host) if colon else None
+
+
+def test_compose_scales_web_and_workers(compose: dict) -> None:
+    # `docker compose up --scale worker=3 --scale web=2`: a fixed container name
+    # or a single host port would make the second replica fail to start.
+    for name in ("web", "worker", "worker_ai"):
+        service = compose["services"][name]
+        assert "container_name" not in service, name
+        for entry in service.get("ports", []):
+            host = published_host_port(entry)
+            assert host is None or re.fullmatch(r"\$\{\w+:-\d+-\d+\}|\d+-\d+", host), (name, entry)
+    assert published_host_port(compose["services"]["web"]["ports"][0]) == "${WEB_PORTS:-8000-8009}"
+
+
 def test_compose_celery_healthchecks_ping_their_own_node(compose: dict) -> None:
     for name in ("worker", "worker_ai", "beat"):
         service = compose["services"][name]
