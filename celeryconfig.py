@@ -5,6 +5,7 @@ from __future__ import annotations
 from kombu import Exchange, Queue
 
 from beat_schedule import beat_schedule  # noqa: F401 - read by Celery as a setting
+from shared.jobs import kinds as job_kinds
 
 # JSON only: a pickled message is refused, never executed.
 accept_content = ["json"]
@@ -27,16 +28,11 @@ worker_prefetch_multiplier = 1
 # Each queue gets its own direct exchange and routing key; left implicit, all
 # three would share the default queue's exchange binding.
 task_queues = tuple(
-    Queue(name, Exchange(name, type="direct"), routing_key=name)
-    for name in ("ledger", "ai", "maintenance")
+    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in job_kinds.QUEUES
 )
 task_default_queue = "maintenance"
-task_routes = {
-    "ledger.*": {"queue": "ledger"},
-    "ai.*": {"queue": "ai"},
-    "cache.*": {"queue": "maintenance"},
-    "maintenance.*": {"queue": "maintenance"},
-}
+# Each job kind goes to the queue its declaration names (shared/jobs/kinds.py).
+task_routes = job_kinds.task_routes()
 
 # The Redis transport's visibility timeout and lease renewal come from
 # Settings (BROKER_VISIBILITY_TIMEOUT) in workers/app.py; see workers/broker_leases.py.

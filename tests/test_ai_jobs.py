@@ -166,7 +166,8 @@ def test_accepted_job_records_the_normalised_request_and_no_credentials(
 
 @pytest.mark.parametrize("name", ["ai.text", "ai.presentation", "ai.image"])
 def test_ai_tasks_are_late_acked_and_time_limited(celery_app, name):
-    from workers.tasks.ai import MAX_COUNTDOWN_SECONDS, time_limits
+    from shared.jobs.kinds import ai_time_limits as time_limits
+    from workers.tasks.ai import MAX_COUNTDOWN_SECONDS
 
     task = celery_app.tasks[name]
     timeout = celery_app.conf.conveyor_settings.ai_timeout_seconds

@@ -142,3 +142,11 @@ def run_job(task: Task, job_id: str, work: Callable[[JobRun], str]) -> None:
         run.fail(JobError("internal_error", "the job failed unexpectedly"))
         raise
     run.succeeded(summary)
+
+
+def time_limits(kind: str) -> dict[str, float]:
+    """The task decorator's time limits for `kind`, from its declaration."""
+    from workers.app import app
+
+    soft, hard = jobs.KINDS[kind].limits(app.conf.conveyor_settings.ai_timeout_seconds)
+    return {"soft_time_limit": soft, "time_limit": hard}

@@ -24,25 +24,13 @@ from shared.ai.request import AIRequest, AIRequestError
 from shared.jobs import JobError
 from workers import ai_runtime
 from workers.app import app
-from workers.jobs import JobRun, run_job
+from workers.jobs import JobRun, run_job, time_limits
 
 # Longest wait before a retry; a Retry-After beyond it is cut to it (the
 # upstream answers 429 again and that attempt counts as a retry).
 MAX_COUNTDOWN_SECONDS = 300
 
 
-def time_limits(ai_timeout_seconds: float) -> tuple[float, float]:
-    """(soft, hard) seconds for one attempt with `ai_timeout_seconds` per upstream call.
-
-    An attempt may first wait for an identical request another worker is
-    computing (its single-flight lock lives timeout + 15 s), then make its own
-    call; the rest is slack for Redis and the database.
-    """
-    soft = 2 * ai_timeout_seconds + 30
-    return soft, soft + 15
-
-
-SOFT_TIME_LIMIT, TIME_LIMIT = time_limits(app.conf.conveyor_settings.ai_timeout_seconds)
 # However long an attempt or a retry's countdown, the worker holding its
 # message renews the message's lease (workers/broker_leases.py), so it is not
 # redelivered while it runs or waits.
@@ -53,8 +41,8 @@ TASK_OPTIONS = {
     "acks_late": True,
     # Retries are decided in `_retry_or_fail` from AI_MAX_RETRIES.
     "max_retries": None,
-    "soft_time_limit": SOFT_TIME_LIMIT,
-    "time_limit": TIME_LIMIT,
+    # All three AI kinds share the limits their declarations derive from AI_TIMEOUT_SECONDS.
+    **time_limits("ai.text"),
 }
 
 

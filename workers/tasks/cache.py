@@ -9,19 +9,15 @@ from shared.ai.providers import build_provider
 from shared.resources import Resources
 from shared.warming import TARGETS, AIWarming, Progress, WarmOutcome, warm
 from workers.app import app
-from workers.jobs import JobRun, run_job
+from workers.jobs import JobRun, run_job, time_limits
 from workers.runtime import resources
-
-SOFT_TIME_LIMIT = 240
-TIME_LIMIT = 300
 
 
 @app.task(
     name="cache.warm",
     bind=True,
     ignore_result=True,
-    soft_time_limit=SOFT_TIME_LIMIT,
-    time_limit=TIME_LIMIT,
+    **time_limits("cache.warm"),
 )
 def warm_job(self: Task, job_id: str) -> None:
     """Warm the targets an admin asked for, reporting progress on the job."""
@@ -31,8 +27,8 @@ def warm_job(self: Task, job_id: str) -> None:
 @app.task(
     name="cache.warm_scheduled",
     ignore_result=True,
-    soft_time_limit=SOFT_TIME_LIMIT,
-    time_limit=TIME_LIMIT,
+    # Beat's run does the same work as an admin's cache.warm job.
+    **time_limits("cache.warm"),
 )
 def warm_scheduled() -> dict:
     """Beat's warming run: every target, no job record (nobody polls it)."""
@@ -66,7 +62,7 @@ def run_warm(res: Resources, targets, progress: Progress | None = None) -> WarmO
             active_seconds=settings.cache_warm_active_seconds,
             batch_size=settings.cache_warm_batch_size,
             # Outlives the hard limit: a killed run's lock expires on its own.
-            lock_ttl=TIME_LIMIT + 30,
+            lock_ttl=time_limits("cache.warm")["time_limit"] + 30,
             ai=ai,
             progress=progress,
         )

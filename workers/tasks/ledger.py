@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 from shared import ledger
 from shared.wallet_cache import invalidate_user
 from workers.app import app
-from workers.jobs import JobRun, run_job
+from workers.jobs import JobRun, run_job, time_limits
 
 # Transient database trouble (a restart, a dropped connection) is retried; the
 # job-row lock and the (job, seq) unique key make a retried posting apply once.
@@ -24,8 +24,7 @@ LEDGER_RETRY = {
     name="ledger.transaction",
     bind=True,
     ignore_result=True,
-    soft_time_limit=30,
-    time_limit=60,
+    **time_limits("ledger.transaction"),
     **LEDGER_RETRY,
 )
 def transaction(self: Task, job_id: str) -> None:
@@ -56,8 +55,7 @@ def _post_one(run: JobRun) -> str:
     name="ledger.random",
     bind=True,
     ignore_result=True,
-    soft_time_limit=60,
-    time_limit=90,
+    **time_limits("ledger.random"),
     **LEDGER_RETRY,
 )
 def random_batch(self: Task, job_id: str) -> None:

@@ -1,123 +1,35 @@
-"""Job records: the durable row in the database and the live status document in Redis.
+"""Job rows: admission, claim, completion, cancel and reads, each one conditional statement.
 
-The database row is the truth; Redis holds a JSON status document per job so a
-poll is one Redis read. Workers write the document at every transition and on
-progress; a terminal document is never overwritten (a Lua guard), so a late
-progress write cannot resurrect a cancelled or finished job.
+The database row is the truth about a job. Every transition is a conditional
+UPDATE on the unfinished states, so a cancelled or finished job cannot be
+moved again, and two deliveries of one job cannot both complete it.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
-import redis
 from sqlalchemy import Connection, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.jobs.kinds import KIND_QUEUES
+from shared.jobs.model import (
+    UNFINISHED,
+    ClaimedJob,
+    IdempotencyKeyReused,
+    JobAlreadyFinished,
+    JobError,
+    JobNotFound,
+    Submission,
+    TooManyInflightJobs,
+    status_from_row,
+    utcnow,
+)
 from shared.models import Job
-from shared.redis_store import Keys
-
-UNFINISHED = ("PENDING", "STARTED", "PROGRESS", "RETRY")
-TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
-STATES = UNFINISHED + TERMINAL
-
-# Live status documents outlive any job's run by far; the row answers after that.
-STATUS_TTL_SECONDS = 24 * 3600
-
-KIND_QUEUES = {
-    "ledger.transaction": "ledger",
-    "ledger.random": "ledger",
-    "ai.text": "ai",
-    "ai.presentation": "ai",
-    "ai.image": "ai",
-    "cache.warm": "maintenance",
-}
-
-
-class JobError(Exception):
-    """A job failed for a reason the client should see, with a stable code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class IdempotencyKeyReused(Exception):
-    """The Idempotency-Key was used before with a different request body."""
-
-
-class TooManyInflightJobs(Exception):
-    """The owner already has the maximum number of unfinished jobs."""
-
-
-class JobNotFound(Exception):
-    """No such job for this owner (another owner's job counts as not found)."""
-
-
-class JobAlreadyFinished(Exception):
-    """The job reached a terminal state and cannot be cancelled."""
-
-    def __init__(self, status: dict[str, Any]) -> None:
-        super().__init__(status["state"])
-        self.status = status
-
-
-@dataclass(frozen=True)
-class Submission:
-    """The outcome of submitting a job: its status and whether it was a replay."""
-
-    status: dict[str, Any]
-    replayed: bool
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    """What a worker needs to run a job it has claimed."""
-
-    id: uuid.UUID
-    owner_id: int
-    kind: str
-    params: dict[str, Any]
-    attempts: int
-    created_at: datetime
-    expires_at: datetime
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def isoformat(moment: datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z; SQLite hands back naive datetimes, which are UTC."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def request_hash(kind: str, payload: Mapping[str, Any]) -> str:
-    """A stable fingerprint of a validated request, for Idempotency-Key comparison."""
-    canonical = json.dumps([kind, payload], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def parse_job_id(value: str) -> uuid.UUID | None:
-    """The UUID in `value`, or None when it is not one (so the caller answers 404)."""
-    try:
-        return uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        return None
-
 
 _STATUS_COLUMNS = (
     Job.id,
@@ -133,25 +45,6 @@ _STATUS_COLUMNS = (
     Job.error_code,
     Job.error_message,
 )
-
-
-def status_from_row(row: Any) -> dict[str, Any]:
-    """The public status document of a job row (or any row with the status columns)."""
-    error = None
-    if row.error_code:
-        error = {"code": row.error_code, "message": row.error_message or ""}
-    return {
-        "task_id": str(row.id),
-        "kind": row.kind,
-        "state": row.state,
-        "progress": row.progress,
-        "message": row.message,
-        "created_at": isoformat(row.created_at),
-        "updated_at": isoformat(row.updated_at),
-        "expires_at": isoformat(row.expires_at),
-        "result": row.result,
-        "error": error,
-    }
 
 
 def _insert_for(conn: Connection):
@@ -418,77 +311,3 @@ def mark_state(session: Session, job_id: uuid.UUID, state: str, message: str) ->
         .where(Job.id == job_id, Job.state.in_(UNFINISHED))
         .values(state=state, message=message[:255], updated_at=utcnow())
     )
-
-
-# KEYS[1] = status key; ARGV = document, ttl, state, mode ("set" | "nx").
-# A terminal document is final; "nx" only fills a missing key (the API's
-# fallback snapshot must never overwrite a worker's newer write).
-_WRITE_STATUS = """
-local current = redis.call('HGET', KEYS[1], 'state')
-if ARGV[4] == 'nx' and current then return 0 end
-if current == 'SUCCESS' or current == 'FAILURE' or current == 'REVOKED' then return 0 end
-redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'state', ARGV[3], 'owner', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-
-class LiveDocument(NamedTuple):
-    """A live status document as stored: its state and its JSON text."""
-
-    state: str
-    document: str
-
-
-class StatusStore:
-    """Live job status documents in Redis: written by workers, read by the API."""
-
-    def __init__(self, client: redis.Redis, keys: Keys, ttl_seconds: int = STATUS_TTL_SECONDS):
-        self._redis = client
-        self._keys = keys
-        self._ttl = ttl_seconds
-        self._write = client.register_script(_WRITE_STATUS)
-
-    def write(
-        self, owner_id: int, status: dict[str, Any], *, only_if_missing: bool = False
-    ) -> bool:
-        """Store `status` unless the stored one is terminal; True when written."""
-        written = self._write(
-            keys=[self._keys.job_status(status["task_id"])],
-            args=[
-                json.dumps(status, separators=(",", ":")),
-                self._ttl,
-                status["state"],
-                "nx" if only_if_missing else "set",
-                owner_id,
-            ],
-        )
-        return bool(written)
-
-    def read(self, job_id: str, owner_id: int) -> dict[str, Any] | None:
-        """The owner's live status document, or None (absent, or another owner's)."""
-        live = self.read_document(job_id, owner_id)
-        return None if live is None else json.loads(live.document)
-
-    def read_document(self, job_id: str, owner_id: int) -> LiveDocument | None:
-        """Like `read`, but the document stays the JSON text it is stored as."""
-        owner, state, doc = self._redis.hmget(
-            self._keys.job_status(job_id), "owner", "state", "doc"
-        )
-        if doc is None or owner != str(owner_id):
-            return None
-        return LiveDocument(state, doc)
-
-    def progress(
-        self, owner_id: int, status: dict[str, Any], percent: int, message: str
-    ) -> dict[str, Any]:
-        """Write a PROGRESS update derived from `status`; returns the new document."""
-        updated = {
-            **status,
-            "state": "PROGRESS",
-            "progress": max(0, min(100, int(percent))),
-            "message": message[:255],
-            "updated_at": isoformat(utcnow()),
-        }
-        self.write(owner_id, updated)
-        return updated
