@@ -22,6 +22,8 @@ from sqlalchemy.orm import sessionmaker
 
 from shared import jobs
 from shared.jobs import JobError, isoformat, utcnow
+from shared.jobs.lifecycle import announce_outcome
+from shared.jobs.status import publish as publish_status
 from shared.models import Job
 from shared.notifications import Notifications
 from shared.queue_depth import AmqpQueueDepths, QueueDepths, is_amqp_url
@@ -349,28 +351,10 @@ def _reap_one(
     if redispatch:
         # The live document still says STARTED; correct it before the new
         # attempt can write its own, or this write would land after it.
-        _write_status(statuses, row.owner_id, status)
+        publish_status(statuses, row.owner_id, status)
         publish(row.kind, str(job_id), row.queue)
         outcome.redispatched.append(str(job_id))
         return
     outcome.failed.append(str(job_id))
-    try:
-        statuses.write(row.owner_id, status)
-        notifications.push(
-            row.owner_id,
-            type="job.failed",
-            title=f"{row.kind} failed",
-            message="the job ran past its time limit and was stopped",
-            task_id=str(job_id),
-        )
-    except redis.RedisError:
-        log.warning("status of reaped job %s not published", job_id, exc_info=True)
-
-
-def _write_status(statuses: jobs.StatusStore, owner_id: int, status: dict | None) -> None:
-    if status is None:
-        return
-    try:
-        statuses.write(owner_id, status)
-    except redis.RedisError:
-        log.warning("status of job %s not published", status["task_id"], exc_info=True)
+    if status is not None:
+        announce_outcome(statuses, notifications, row.owner_id, status, error.message)

@@ -46,7 +46,7 @@ def test_offline_provider_serves_all_three_kinds_end_to_end(client, make_user, w
 def test_presentation_reports_progress_per_card_and_text_at_start(
     client, make_user, worker, monkeypatch
 ):
-    from workers.jobs import JobRun
+    from workers.job_run import JobRun
 
     seen: list[tuple[str, int, str]] = []
     original = JobRun.progress

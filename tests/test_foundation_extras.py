@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.support import wait_for_state
-from workers.jobs import JobRun
+from workers.job_run import JobRun
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from shared import jobs
 from shared.jobs import ClaimedJob, JobError
+from shared.jobs import status as job_status
+from shared.jobs.lifecycle import announce_outcome
 from shared.resources import Resources
 from workers.app import delayable_countdown
 from workers.runtime import resources
@@ -33,18 +35,7 @@ class JobRun:
         self.res = res
         self.job = job
         self.final_status: dict[str, Any] | None = None
-        self.status: dict[str, Any] = {
-            "task_id": str(job.id),
-            "kind": job.kind,
-            "state": "STARTED",
-            "progress": 0,
-            "message": "started",
-            "created_at": jobs.isoformat(job.created_at),
-            "updated_at": jobs.isoformat(jobs.utcnow()),
-            "expires_at": jobs.isoformat(job.expires_at),
-            "result": None,
-            "error": None,
-        }
+        self.status: dict[str, Any] = job_status.started_document(job)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -83,32 +74,25 @@ class JobRun:
 
     def _publish(self, status: dict[str, Any]) -> None:
         status = {**status, "updated_at": jobs.isoformat(jobs.utcnow())}
-        try:
-            self.res.statuses.write(self.job.owner_id, status)
-        except redis.RedisError:
-            log.warning("status not published: Redis unavailable", exc_info=True)
+        job_status.publish(self.res.statuses, self.job.owner_id, status)
         self.status = status
-
-    def _notify(self, title: str, message: str, kind: str) -> None:
-        try:
-            self.res.notifications.push(
-                self.job.owner_id, type=kind, title=title, message=message, task_id=str(self.job.id)
-            )
-        except redis.RedisError:
-            log.warning("notification not written: Redis unavailable", exc_info=True)
 
     def fail(self, error: JobError) -> None:
         """Record FAILURE with the error's code, unless the job already ended."""
         with self.res.sessions.begin() as session:
             status = jobs.finish(session, self.job.id, state="FAILURE", error=error)
         if status is not None:
-            self._publish(status)
-            self._notify(f"{self.job.kind} failed", error.message, "job.failed")
+            self._announce(status, error.message)
 
     def succeeded(self, summary: str) -> None:
         assert self.final_status is not None
-        self._publish(self.final_status)
-        self._notify(f"{self.job.kind} succeeded", summary, "job.succeeded")
+        self._announce(self.final_status, summary)
+
+    def _announce(self, status: dict[str, Any], message: str) -> None:
+        announce_outcome(
+            self.res.statuses, self.res.notifications, self.job.owner_id, status, message
+        )
+        self.status = status
 
 
 def run_job(task: Task, job_id: str, work: Callable[[JobRun], str]) -> None:

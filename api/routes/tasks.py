@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import redis
 from flask import Blueprint, Response, jsonify
@@ -19,13 +16,10 @@ from api.responses import TaskPage, TaskStatus
 from api.schemas import TaskListQuery
 from api.security import current_identity, require_auth
 from shared import jobs
+from shared.jobs import status as job_status
 
 bp = Blueprint("tasks", __name__, url_prefix="/api/v1/tasks")
 log = logging.getLogger(__name__)
-
-# A live document that has not changed for this long is confirmed against the
-# row, in case a worker's final Redis write was lost.
-STALE_AFTER = timedelta(seconds=60)
 
 
 @bp.get("/<task_id>")
@@ -44,32 +38,13 @@ def get_task(task_id: str) -> Response:
         # A terminal document never changes: send the stored JSON as it is,
         # without decoding and re-encoding it (the most frequent poll answer).
         return Response(live.document, mimetype="application/json")
-    status = read_status(job_id, owner_id, json.loads(live.document) if live else None)
+    res = resources()
+    status = job_status.current(
+        res.statuses, res.sessions, job_id, owner_id, json.loads(live.document) if live else None
+    )
     if status is None:
         raise not_found()
     return jsonify(status)
-
-
-def read_status(
-    job_id: uuid.UUID, owner_id: int, live: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """The live document `live` unless it went stale; else the row (cached for the next poll)."""
-    res = resources()
-    if live is not None and (live["state"] in jobs.TERMINAL or not _stale(live)):
-        return live
-    with res.sessions() as session:
-        status = jobs.get_status(session, job_id, owner_id)
-    if status is not None and live is None:
-        try:  # cache the row for the next poll; never over a worker's write
-            res.statuses.write(owner_id, status, only_if_missing=True)
-        except redis.RedisError:
-            log.debug("status snapshot not cached: Redis unavailable")
-    return status
-
-
-def _stale(status: dict[str, Any]) -> bool:
-    updated = datetime.fromisoformat(status["updated_at"].replace("Z", "+00:00"))
-    return datetime.now(UTC) - updated > STALE_AFTER
 
 
 @bp.get("")
@@ -117,8 +92,5 @@ def cancel_task(task_id: str) -> tuple[Response, int]:
             f"the task already finished ({exc.status['state']})",
             {"state": exc.status["state"]},
         ) from None
-    try:
-        res.statuses.write(owner_id, status)
-    except redis.RedisError:
-        log.warning("cancelled status not cached: Redis unavailable")
+    job_status.publish(res.statuses, owner_id, status)
     return jsonify(status), 202

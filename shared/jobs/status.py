@@ -9,15 +9,25 @@ resurrect a cancelled or finished job.
 from __future__ import annotations
 
 import json
+import logging
+import uuid
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import redis
+from sqlalchemy.orm import sessionmaker
 
-from shared.jobs.model import isoformat, utcnow
+from shared.jobs.model import TERMINAL, isoformat, utcnow
+from shared.jobs.records import get_status
 from shared.redis_store import Keys
+
+log = logging.getLogger(__name__)
 
 # Live status documents outlive any job's run by far; the row answers after that.
 STATUS_TTL_SECONDS = 24 * 3600
+# A live document that has not changed for this long is confirmed against the
+# row, in case a worker's final Redis write was lost.
+STALE_AFTER = timedelta(seconds=60)
 
 
 # KEYS[1] = status key; ARGV = document, ttl, state, mode ("set" | "nx").
@@ -92,3 +102,64 @@ class StatusStore:
         }
         self.write(owner_id, updated)
         return updated
+
+
+def started_document(job: Any) -> dict[str, Any]:
+    """The document of a job an attempt has just claimed (a `ClaimedJob`)."""
+    return {
+        "task_id": str(job.id),
+        "kind": job.kind,
+        "state": "STARTED",
+        "progress": 0,
+        "message": "started",
+        "created_at": isoformat(job.created_at),
+        "updated_at": isoformat(utcnow()),
+        "expires_at": isoformat(job.expires_at),
+        "result": None,
+        "error": None,
+    }
+
+
+def publish(statuses: StatusStore, owner_id: int, status: dict[str, Any] | None) -> bool:
+    """Write `status` as the live document; a Redis outage is logged, not raised.
+
+    The row already holds the transition; a missing live document only means
+    polls read the row until the next write.
+    """
+    if status is None:
+        return False
+    try:
+        return statuses.write(owner_id, status)
+    except redis.RedisError:
+        log.warning("status of job %s not published: Redis unavailable", status["task_id"])
+        return False
+
+
+def is_stale(status: dict[str, Any], *, now: datetime | None = None) -> bool:
+    """A non-terminal document that has not changed for STALE_AFTER (its last write may be lost)."""
+    updated = datetime.fromisoformat(status["updated_at"].replace("Z", "+00:00"))
+    return (now or utcnow()) - updated > STALE_AFTER
+
+
+def current(
+    statuses: StatusStore,
+    sessions: sessionmaker,
+    job_id: uuid.UUID,
+    owner_id: int,
+    live: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """What a poll answers: the live document unless absent or stale, else the row.
+
+    The row read is cached as the live document for the next poll, but never
+    over a worker's write (`only_if_missing`). None: this owner has no such job.
+    """
+    if live is not None and (live["state"] in TERMINAL or not is_stale(live)):
+        return live
+    with sessions() as session:
+        status = get_status(session, job_id, owner_id)
+    if status is not None and live is None:
+        try:
+            statuses.write(owner_id, status, only_if_missing=True)
+        except redis.RedisError:
+            log.debug("status snapshot not cached: Redis unavailable")
+    return status

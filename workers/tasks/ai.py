@@ -24,7 +24,7 @@ from shared.ai.request import AIRequest, AIRequestError
 from shared.jobs import JobError
 from workers import ai_runtime
 from workers.app import app
-from workers.jobs import JobRun, run_job, time_limits
+from workers.job_run import JobRun, run_job, time_limits
 
 # Longest wait before a retry; a Retry-After beyond it is cut to it (the
 # upstream answers 429 again and that attempt counts as a retry).

@@ -9,7 +9,7 @@ from shared.ai.providers import build_provider
 from shared.resources import Resources
 from shared.warming import TARGETS, AIWarming, Progress, WarmOutcome, warm
 from workers.app import app
-from workers.jobs import JobRun, run_job, time_limits
+from workers.job_run import JobRun, run_job, time_limits
 from workers.runtime import resources
 
 

@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 from shared import ledger
 from shared.wallet_cache import invalidate_user
 from workers.app import app
-from workers.jobs import JobRun, run_job, time_limits
+from workers.job_run import JobRun, run_job, time_limits
 
 # Transient database trouble (a restart, a dropped connection) is retried; the
 # job-row lock and the (job, seq) unique key make a retried posting apply once.

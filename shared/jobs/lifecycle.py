@@ -1,0 +1,46 @@
+"""A job's end, announced: its final live document and its owner's notification.
+
+Workers (a job's own outcome) and housekeeping (a stuck job failed by the
+reaper) end jobs through here, so both publish the same document and the same
+notification, and a Redis outage is handled the same way: logged, never
+raised, because the row already holds the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+
+from shared.jobs.status import StatusStore, publish
+from shared.notifications import Notifications
+
+log = logging.getLogger(__name__)
+
+_OUTCOMES = {"SUCCESS": ("job.succeeded", "succeeded"), "FAILURE": ("job.failed", "failed")}
+
+
+def announce_outcome(
+    statuses: StatusStore,
+    notifications: Notifications,
+    owner_id: int,
+    status: dict[str, Any],
+    message: str,
+) -> None:
+    """Publish a finished job's document, then notify its owner (`message` is the body)."""
+    publish(statuses, owner_id, status)
+    outcome = _OUTCOMES.get(status["state"])
+    if outcome is None:
+        return  # REVOKED: the owner cancelled it and needs no notification
+    kind, verb = outcome
+    try:
+        notifications.push(
+            owner_id,
+            type=kind,
+            title=f"{status['kind']} {verb}",
+            message=message,
+            task_id=status["task_id"],
+        )
+    except redis.RedisError:
+        log.warning("notification for job %s not written: Redis unavailable", status["task_id"])
