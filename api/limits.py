@@ -1,24 +1,27 @@
 """Rate limits (flask-limiter, counters in Redis): per IP, per user, per username on auth.
 
-Views opt into stricter limits with markers (`@auth_limited`, `@ai_limited`);
-`init_rate_limits` builds one Limiter per app and applies them, so several apps
-(tests, gunicorn workers) never share limiter state.
+Views opt into stricter limits, or out of every limit, with markers
+(`@auth_limited`, `@ai_limited`, `@unlimited`); `init_rate_limits` builds one
+Limiter per app and applies them, so several apps (tests, gunicorn workers)
+never share limiter state. Only flask-limiter's public API is used.
 
-When the limiter's Redis is down: login and register fail closed (503) because
-their limit is the brute-force defence; every other route fails open (served
-unlimited, logged) because its limit only protects capacity, and the same
-outage already answers 503 wherever the route itself needs Redis.
+When the limiter's Redis is down: every route fails open (flask-limiter's
+`swallow_errors`: served uncounted, logged) because its limit only protects
+capacity, and the same outage already answers 503 wherever the route itself
+needs Redis. Login and register fail closed (503): their limit is the
+brute-force defence, so their views first ask the store whether it answers.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from flask import Flask, current_app, g, request
-from flask_limiter import Limiter, RateLimitExceeded
+from flask import Flask, current_app, request
+from flask_limiter import Limiter
 from limits.errors import StorageError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -30,8 +33,6 @@ log = logging.getLogger(__name__)
 
 View = TypeVar("View", bound=Callable[..., Any])
 
-# Never limited: probes and scrapes must work exactly when things are busy.
-UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # A limiter call waits at most this long on its Redis, so a dead or
 # blackholed server costs a request half a second, never a hang.
 STORAGE_TIMEOUT_SECONDS = 0.5
@@ -70,33 +71,38 @@ def username_key() -> str:
     return f"username:{username[:64].lower()}"
 
 
-class ConveyorLimiter(Limiter):
-    """flask-limiter that records storage failures so auth routes can fail closed."""
-
-    def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True):
-        g.ratelimit_storage_failed = False
-        try:
-            super()._check_request_limit(callable_name, in_middleware)
-        except RateLimitExceeded:
-            raise
-        except _STORAGE_ERRORS as exc:
-            g.ratelimit_storage_failed = True
-            # No X-RateLimit headers from a store we cannot read.
-            self.context.reset()
-            log.warning("rate limit storage unavailable: %s", exc.__class__.__name__)
-            if _endpoint_mark() == "auth":
-                raise ApiError(
-                    503,
-                    "service_unavailable",
-                    "rate limiting is unavailable; retry shortly",
-                    {"dependency": "rate_limit_storage"},
-                    {"Retry-After": "5"},
-                ) from None
+def unlimited(view: View) -> View:
+    """Mark a view no limit applies to: probes and scrapes must work when things are busy."""
+    setattr(view, _MARK, "none")
+    return view
 
 
-def _endpoint_mark() -> str | None:
-    view = current_app.view_functions.get(request.endpoint or "")
-    return getattr(view, _MARK, None)
+def is_unlimited(view: Callable[..., Any] | None) -> bool:
+    """Whether `view` was marked `@unlimited` (the OpenAPI document asks too)."""
+    return getattr(view, _MARK, None) == "none"
+
+
+def _endpoint_unlimited() -> bool:
+    return is_unlimited(current_app.view_functions.get(request.endpoint or ""))
+
+
+def _fail_closed(limiter: Limiter, view: View) -> View:
+    """Answer 503 before `view` when the limiter's store does not answer."""
+
+    @functools.wraps(view)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if not limiter.storage.check():
+            log.warning("rate limit storage unavailable: refusing %s", request.endpoint)
+            raise ApiError(
+                503,
+                "service_unavailable",
+                "rate limiting is unavailable; retry shortly",
+                {"dependency": "rate_limit_storage"},
+                {"Retry-After": "5"},
+            )
+        return view(*args, **kwargs)
+
+    return guarded  # type: ignore[return-value]
 
 
 def storage_uri(settings: Settings) -> str:
@@ -118,7 +124,7 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
     def default_limit() -> str:
         return settings.ratelimit_user if bearer_identity() else settings.ratelimit_anonymous
 
-    limiter = ConveyorLimiter(
+    limiter = Limiter(
         caller_key,
         # One budget per caller across the whole API (flask-limiter's default
         # limits would count each route separately).
@@ -133,15 +139,12 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
         strategy="fixed-window",
         headers_enabled=True,
         retry_after="delta-seconds",
-        # Raised errors reach ConveyorLimiter, which decides open or closed;
-        # swallow_errors=False would also let a header read turn into a 5xx.
-        swallow_errors=False,
+        # Fail open on a store error (logged); auth views fail closed themselves.
+        swallow_errors=True,
         key_prefix="api",
     )
     limiter.init_app(app)
-    limiter.request_filter(lambda: request.path in UNLIMITED_PATHS)
-    # The after-request header read must never fail a request that was served.
-    _guard_header_injection(app, limiter)
+    limiter.request_filter(_endpoint_unlimited)
     # Route limits run in flask-limiter's view wrapper, so the app must serve
     # the wrapped function; wraps() keeps the markers and OpenAPI declaration.
     for endpoint, view in list(app.view_functions.items()):
@@ -151,25 +154,9 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
             by_name = limiter.limit(
                 settings.ratelimit_auth, key_func=username_key, scope="auth-username"
             )
-            app.view_functions[endpoint] = by_name(by_ip(view))
+            app.view_functions[endpoint] = _fail_closed(limiter, by_name(by_ip(view)))
         elif mark == "ai":
             app.view_functions[endpoint] = limiter.limit(
                 settings.ratelimit_ai, key_func=caller_key
             )(view)
     return limiter
-
-
-def _guard_header_injection(app: Flask, limiter: Limiter) -> None:
-    """Drop the limiter's header step to a no-op when its store fails mid-request."""
-    for index, hook in enumerate(app.after_request_funcs.get(None, [])):
-        target = getattr(hook, "func", None)
-        if getattr(hook, "args", ()) == (limiter,) and target is not None:
-
-            def guarded(response, _hook=hook):
-                try:
-                    return _hook(response)
-                except _STORAGE_ERRORS as exc:
-                    log.warning("rate limit headers skipped: %s", exc.__class__.__name__)
-                    return response
-
-            app.after_request_funcs[None][index] = guarded

@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, event
 
+from api.limits import unlimited
 from api.openapi import PlainText, documented
 from shared.queue_depth import BrokerUnavailable, QueueDepths
 from shared.redis_store import Keys
@@ -140,6 +141,7 @@ def scrape_registry(app_registry: CollectorRegistry) -> bytes:
 
 
 @bp.get("/metrics")
+@unlimited
 @documented("Prometheus metrics", auth="none", responses={200: PlainText(CONTENT_TYPE_LATEST)})
 def metrics() -> Response:
     """Prometheus text format (unauthenticated: expose it on the internal network only)."""

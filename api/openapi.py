@@ -8,6 +8,7 @@ declaration is listed by `undocumented_routes` and fails the test suite.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -16,6 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from api.limits import is_unlimited
 from api.responses import ErrorBody, OpenApiDocument
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -23,8 +25,6 @@ Auth = Literal["none", "user", "admin"]
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 _ATTR = "__openapi__"
-# Probes and scrapes are never rate limited (api/limits.UNLIMITED_PATHS).
-_UNLIMITED = {"/healthz", "/readyz", "/metrics"}
 _STATUS_TEXT = {
     200: "OK",
     201: "Created",
@@ -61,6 +61,8 @@ class Operation:
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Filled in from the view's @unlimited marker when the document is built.
+    unlimited: bool = False
 
 
 def documented(
@@ -104,9 +106,11 @@ def build_document(app: Flask) -> dict[str, Any]:
     routes = []
     models: set[tuple[type[BaseModel], str]] = {(ErrorBody, "serialization")}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        operation = operation_of(app.view_functions.get(rule.endpoint, lambda: None))
+        view = app.view_functions.get(rule.endpoint)
+        operation = operation_of(view) if view is not None else None
         if operation is None:
             continue
+        operation = dataclasses.replace(operation, unlimited=is_unlimited(view))
         routes.append((rule, operation))
         if operation.body is not None:
             models.add((operation.body, "validation"))
@@ -216,7 +220,7 @@ def _responses(
         statuses.add(403)
     if rule.arguments:
         statuses.add(404)
-    if rule.rule not in _UNLIMITED:
+    if not operation.unlimited:
         statuses |= {429, 503}
     error_schema = refs[(ErrorBody, "serialization")]
     answers: dict[str, Any] = {}

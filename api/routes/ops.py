@@ -8,6 +8,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from api.extensions import resources
+from api.limits import unlimited
 from api.openapi import documented
 from api.responses import Health, Readiness
 
@@ -15,6 +16,7 @@ bp = Blueprint("ops", __name__)
 
 
 @bp.get("/healthz")
+@unlimited
 @documented("Liveness: the process answers", auth="none", responses={200: Health})
 def healthz() -> Response:
     """The process is alive; touches no dependency."""
@@ -22,6 +24,7 @@ def healthz() -> Response:
 
 
 @bp.get("/readyz")
+@unlimited
 @documented(
     "Readiness: Redis and the database answer",
     auth="none",
