@@ -155,6 +155,26 @@ def finish_times(db: Database, ids: list[str]) -> list[float]:
     return [float(r[0]) for r in rows]
 
 
+def unfinished_created_before(db: Database, ids: list[str], moment: float) -> list[str]:
+    """Those of `ids` accepted before `moment` (epoch seconds) and not finished yet."""
+    rows = db.query(
+        "SELECT id::text FROM jobs WHERE id = ANY(%s::uuid[]) AND created_at < to_timestamp(%s) "
+        "AND state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED')",
+        (ids, moment),
+    )
+    return [r[0] for r in rows]
+
+
+def slowest_job(db: Database, ids: list[str]) -> float:
+    """Seconds from accepted to finished of the slowest of `ids`."""
+    rows = db.query(
+        "SELECT COALESCE(max(extract(epoch FROM finished_at - created_at)), 0) FROM jobs "
+        "WHERE id = ANY(%s::uuid[])",
+        (ids,),
+    )
+    return float(rows[0][0])
+
+
 def api_violations(load: Load, db: Database, ids: list[str], timeout: float = 75.0) -> list[str]:
     """GET /tasks/{id} of every job ends up agreeing with its row's terminal state.
 

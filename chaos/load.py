@@ -140,6 +140,11 @@ class Load:
         thread.start()
         self._threads.append(thread)
 
+    def accepted_ids(self) -> list[str]:
+        """The task ids of the submissions answered 202 so far."""
+        with self._lock:
+            return list(self.accepted)
+
     @property
     def submitted(self) -> int:
         """Submissions answered (or failed) so far."""

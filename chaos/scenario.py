@@ -89,14 +89,15 @@ def check(
     return violations, invariants.outcomes(db, ids)
 
 
-def common_figures(load: Load, counts: Counter) -> dict[str, Any]:
-    """jobs (202'd), their outcomes, and the submissions refused with a 503."""
+def common_figures(load: Load, counts: Counter, db: invariants.Database) -> dict[str, Any]:
+    """jobs (202'd), their outcomes, the submissions refused with a 503, the slowest job."""
     return {
         "jobs": len(load.accepted),
         "success": counts["SUCCESS"],
         "failure": counts["FAILURE"],
         "refused-503": load.refused(),
         "polls": load.polls,
+        "slowest-job": f"{invariants.slowest_job(db, list(load.accepted)):.0f}s",
     }
 
 

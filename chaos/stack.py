@@ -83,12 +83,28 @@ class ChildProcesses(Processes):
     def __init__(self, log_dir: Path) -> None:
         super().__init__(log_dir)
         self.order: list[str] = []
+        self._stop_signals: dict[str, tuple[subprocess.Popen, signal.Signals]] = {}
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str],
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> subprocess.Popen:  # fmt: skip
+        """Start `name`; `stop()` asks it to end with `stop_signal` before SIGTERM."""
         if name in self.order:
             self.order.remove(name)
         self.order.append(name)
-        return super().start(name, argv, env)
+        process = super().start(name, argv, env)
+        if stop_signal != signal.SIGTERM:
+            self._stop_signals[name] = (process, stop_signal)
+        return process
+
+    def stop(self, name: str, timeout: float = 20.0) -> None:
+        process, stop_signal = self._stop_signals.pop(name, (None, None))
+        if process is not None and process.poll() is None:
+            process.send_signal(stop_signal)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+        super().stop(name, timeout)
 
     def kill_group(self, name: str) -> None:
         """SIGKILL the process and its whole group (its own session), then reap it."""
@@ -129,6 +145,10 @@ class RedisServer:
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.host != "127.0.0.1":
+            # Protected mode refuses every non-loopback client without a
+            # password; this address exists only on the namespaces' bridge.
+            argv += ["--protected-mode", "no"]
         self.procs.start("redis", argv, dict(os.environ))
         with inside(self.netns):
             client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
@@ -170,6 +190,10 @@ class PostgresCluster:
             ],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
+        # initdb trusts loopback only; on its own host the server is reached
+        # over the namespaces' private subnet.
+        with (self.root / "data" / "pg_hba.conf").open("a") as hba:
+            hba.write("host all all samenet trust\n")
 
     def start(self) -> None:
         assert self.root is not None, "init() first"
@@ -181,7 +205,9 @@ class PostgresCluster:
             # here kills processes, and the OS keeps what they wrote.
             "-c", "fsync=off", "-c", "full_page_writes=off",
         ]  # fmt: skip
-        self.process = self.procs.start("postgres", argv, dict(os.environ))
+        # Fast shutdown (SIGINT) at the end: SIGTERM's "smart" one waits for
+        # every session, including those of a host that was cut off.
+        self.process = self.procs.start("postgres", argv, dict(os.environ), signal.SIGINT)
         wait_for("postgres accepting connections", self._answers, 60)
 
     def _answers(self) -> bool:

@@ -72,7 +72,7 @@ def run(ctx: Context) -> Result:
     violations += found
     # The fresh worker took every child kill after its start without dying.
     violations += scenario.still_running(ctx, worker, ctx.procs.pid(worker))
-    figures = scenario.common_figures(load, counts)
+    figures = scenario.common_figures(load, counts, db)
     figures.update(
         {
             "kills": kills,
