@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test migrate lint bench clean
+.PHONY: install run test migrate lint bench chaos clean
 
 # Re-install only when a requirements file changed since the last install.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -30,6 +30,9 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+chaos: install
+	$(BIN)/python -m chaos
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
