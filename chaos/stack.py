@@ -289,9 +289,14 @@ def conveyor_env(database_url: str, redis_url: str, work_dir: Path, **extra: str
             "QUEUE_MAX_DEPTH": "1000000",
             "AI_PROVIDER": "offline",
             # Time compressed so a scenario takes minutes: a dead worker's
-            # messages come back after 20 s, a lost publish after 30 s.
+            # messages come back after 20 s, a lost publish after 30 s (plus
+            # beat's one-minute sweep interval).
             "BROKER_VISIBILITY_TIMEOUT": "20",
             "REDISPATCH_AFTER_SECONDS": "30",
+            # A job STARTED past its hard time limit is re-run after this
+            # grace (60 s by default): how a job whose retries ran out during
+            # an outage gets done.
+            "STUCK_GRACE_SECONDS": "15",
             "WEB_CONCURRENCY": "2",
             "WORKER_METRICS_PORT": "0",
             "BEAT_SCHEDULE_FILE": str(work_dir / "celerybeat-schedule"),

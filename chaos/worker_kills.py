@@ -13,13 +13,13 @@ from chaos import scenario
 from chaos.load import Load, fund_users, plan
 from chaos.scenario import Context, Result
 from chaos.stack import Conveyor, RedisServer, child_pids, conveyor_env
-from shared.maintenance import broker_task_ids
+from shared.broker.inflight import broker_task_ids
 from shared.settings import Settings
 
 NAME = "worker-kills"
 JOBS = 2400
 RATE = 60.0  # jobs/s submitted: ~40 s of load, with the worker's backlog kept short
-CHILD_KILL_EVERY = 4.0  # seconds between SIGKILLs of a random prefork child
+CHILD_KILL_EVERY = 3.5  # seconds between SIGKILLs of a random prefork child
 
 
 def run(ctx: Context) -> Result:
