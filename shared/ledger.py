@@ -43,11 +43,10 @@ def create_wallet(session: Session, user_id: int, currency: str) -> int:
     )
 
 
-def wallet_for_user(session: Session, user_id: int) -> tuple[int, int, str]:
-    """(wallet id, balance, currency) of the user's wallet."""
-    row = session.execute(
-        select(Wallet.id, Wallet.balance, Wallet.currency).where(Wallet.user_id == user_id)
-    ).one()
+def wallet_for_user(session: Session, user_id: int, *, lock: bool = False) -> tuple[int, int, str]:
+    """(wallet id, balance, currency) of the user's wallet; `lock` holds its row until commit."""
+    query = select(Wallet.id, Wallet.balance, Wallet.currency).where(Wallet.user_id == user_id)
+    row = session.execute(query.with_for_update() if lock else query).one()
     return row.id, row.balance, row.currency
 
 
@@ -127,7 +126,9 @@ def post_random_entry(
     """Post one planned random entry; a debit is capped at the balance so it never overdraws."""
     entry_type, amount, description = planned
     if entry_type == "debit":
-        _, balance, _ = wallet_for_user(session, user_id)
+        # Locked now, not only in post(): another posting between this read and
+        # the debit would make the cap stale and the debit overdraw.
+        _, balance, _ = wallet_for_user(session, user_id, lock=True)
         amount = min(amount, balance)
         if amount == 0:  # nothing to debit: credit instead, still one entry per seq
             entry_type, amount = "credit", planned[1]

@@ -141,3 +141,39 @@ def test_random_entries_never_overdraw(resources, user_id):
         assert ledger.ledger_sum(session, user_id) == _balance(resources, user_id)
         rows = session.scalar(select(func.count()).select_from(Job).where(Job.owner_id == user_id))
     assert rows == 5
+
+
+def test_concurrent_random_debits_on_one_wallet_never_overdraw(resources, user_id):
+    """Two login batches of one user run at once: each capped debit sees the other's first."""
+    with resources.sessions.begin() as session:
+        ledger.post(session, user_id=user_id, entry_type="credit", amount=1_000)
+    jobs_ = [_job(resources, user_id, "ledger.random") for _ in range(12)]
+    start = threading.Barrier(len(jobs_))
+    failures: list[BaseException] = []
+
+    def debit_everything(job_id: uuid.UUID) -> None:
+        start.wait()
+        try:
+            with resources.sessions.begin() as session:
+                # The cap is read, then the debit posted, with others doing the same.
+                ledger.post_random_entry(
+                    session,
+                    user_id=user_id,
+                    job_id=job_id,
+                    seq=0,
+                    planned=("debit", 1_000, "random debit"),
+                )
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=debit_everything, args=(j,)) for j in jobs_]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    with resources.sessions() as session:
+        assert ledger.ledger_sum(session, user_id) == _balance(resources, user_id) >= 0
+        entries = session.scalar(select(func.count()).where(LedgerEntry.job_id.in_(jobs_)))
+    # Each batch posted its one entry: a debit of what was there, or a credit when nothing was.
+    assert entries == len(jobs_)

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from shared import jobs, maintenance
+from shared.broker.inflight import broker_in_flight
 from shared.jobs import utcnow
 from shared.models import Job, LedgerEntry
 from tests.conftest import RUN_ID
@@ -37,7 +38,7 @@ from tests.rabbitmq_support import (
     worker_process,
 )
 from tests.support import free_port, register_and_login, wait_for_state
-from workers.tasks.maintenance import publisher
+from workers.tasks.maintenance import republish
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,7 @@ def web(amqp_app):
 @pytest.fixture(scope="module")
 def amqp_celery(amqp_settings):
     """The worker side's Celery app (the web app keeps its own producer app, as in production)."""
-    from workers.app import TASK_MODULES, create_celery_app
+    from workers.factory import TASK_MODULES, create_celery_app
 
     # Tasks are shared: an app finalized after their modules are imported gets them all.
     for module in TASK_MODULES:
@@ -128,7 +129,7 @@ def _gauge(text: str, name: str, **labels) -> float:
 
 
 def test_amqp_broker_gets_quorum_queues_confirms_and_a_short_heartbeat(amqp_celery, settings):
-    from workers.app import create_celery_app
+    from workers.factory import create_celery_app
 
     conf = amqp_celery.conf
     assert conf.broker_transport_options == {"confirm_publish": True}
@@ -149,7 +150,11 @@ def test_jobs_run_end_to_end_through_rabbitmq(web, amqp_celery, resources, broke
         login = web.post(
             "/api/v1/auth/login", json={"username": username, "password": "correct horse battery"}
         ).get_json()
-        assert wait_for_state(web, headers, login["task_id"])["state"] == "SUCCESS"
+        done = wait_for_state(web, headers, login["task_id"])
+        assert done["state"] == "SUCCESS", (done["error"], done["message"])
+        # Both logins queued a random batch: the balance is settled once both are done.
+        for job in web.get("/api/v1/tasks", headers=headers).get_json()["items"]:
+            assert wait_for_state(web, headers, job["task_id"])["state"] == "SUCCESS"
         balance = web.get("/api/v1/wallet", headers=headers).get_json()["balance"]
 
         credited = wait_for_state(web, headers, _credit(web, headers, 500))
@@ -244,7 +249,7 @@ def test_redispatch_sweep_on_rabbitmq(
     amqp_settings, amqp_celery, resources, redis_client, user, broker_url, idle
 ):
     user_id, _headers = user
-    publish = publisher(amqp_celery)
+    publish = republish(amqp_celery)
 
     def job(amount: int) -> str:
         with resources.autocommit_engine.connect() as conn:
@@ -257,7 +262,7 @@ def test_redispatch_sweep_on_rabbitmq(
             ).status["task_id"]
 
     def sweep() -> list[str]:
-        in_flight = maintenance.broker_in_flight(amqp_settings, redis_client)
+        in_flight = broker_in_flight(amqp_settings, redis_client)
         try:
             return maintenance.redispatch_lost(
                 resources.sessions, in_flight, publish, older_than_seconds=3600
