@@ -12,8 +12,9 @@ from api import observability, openapi
 from api.errors import register_error_handlers
 from api.hardening import init_hardening
 from api.limits import init_rate_limits
-from api.publisher import build_publisher
 from api.requests import MAX_BODY_BYTES
+from shared.broker.publish import build_publisher
+from shared.jobs.kinds import QUEUES
 from shared.resources import Resources
 from shared.settings import Settings
 
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for `settings` (default: read from the environment once)."""
     from api.routes import ai, auth, cache, ledger, notifications, ops, system, tasks
-    from workers.app import create_celery_app
 
     settings = settings or Settings.from_env()
     # Settings built in code skip from_env; production must still refuse an
@@ -34,20 +34,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     res = Resources.build(settings)
     app.extensions["conveyor"] = res
-    # A producer-only Celery app: the API publishes by task name and never
-    # imports task code.
-    app.extensions["conveyor.celery"] = celery_app = create_celery_app(settings)
-    app.extensions["conveyor.publisher"] = build_publisher(
-        celery_app, fast=settings.broker_fast_publish, key_prefix=settings.redis_key_prefix
-    )
+    # The API publishes by task name (shared/broker) and never imports task code.
+    app.extensions["conveyor.publisher"] = build_publisher(settings)
 
     register_error_handlers(app)
     app.before_request(_start_request)
     app.after_request(_finish_request)
     # After _start_request, so the request id exists when the log context is bound.
-    observability.init_app(
-        app, res, [q.name for q in app.extensions["conveyor.celery"].conf.task_queues]
-    )
+    observability.init_app(app, res, list(QUEUES))
     for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp, system.bp, cache.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(ai.bp)

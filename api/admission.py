@@ -8,7 +8,7 @@ from flask import current_app
 
 from api.errors import ApiError
 from api.extensions import resources
-from shared.queue_depth import BrokerUnavailable, QueueDepths
+from shared.broker.depth import BrokerUnavailable, QueueDepths
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from flask import Response, g, jsonify, request, url_for
-from kombu.exceptions import OperationalError as BrokerError
 
 from api.admission import ensure_queue_capacity, too_many_inflight
 from api.errors import ApiError
@@ -14,6 +13,7 @@ from api.extensions import publisher, resources
 from api.metrics import JOBS_ACCEPTED
 from api.security import current_identity
 from shared import jobs
+from shared.jobs.submission import submit as submit_job
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,16 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
     # connection saves the BEGIN and COMMIT round trips on the hottest write path.
     with res.autocommit_engine.connect() as conn:
         try:
-            submission = jobs.create_job(
+            submission = submit_job(
                 conn,
+                publisher(),
+                res.settings,
                 owner_id=owner_id,
                 kind=kind,
                 params=params,
+                headers=message_headers(owner_id),
                 idempotency_key=key,
-                request_fingerprint=jobs.request_hash(kind, request_payload) if key else None,
-                ttl_seconds=res.settings.job_ttl_seconds,
-                idempotency_ttl_seconds=res.settings.idempotency_ttl_seconds,
-                max_inflight=res.settings.max_inflight_jobs,
+                request_payload=request_payload,
             )
         except jobs.TooManyInflightJobs:
             raise too_many_inflight(res.settings.max_inflight_jobs) from None
@@ -65,26 +65,14 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
                 "this Idempotency-Key was used with a different request body",
                 [{"field": "Idempotency-Key", "message": "reused with a different body"}],
             ) from None
-        task_id = submission.status["task_id"]
-        if not submission.replayed:
-            try:
-                publish(kind, task_id, owner_id)
-            except BrokerError:
-                # Nothing was accepted: remove the record so a retry starts clean.
-                jobs.delete_job(conn, jobs.parse_job_id(task_id))
-                raise
-            JOBS_ACCEPTED.labels(kind).inc()
-    return accepted(kind, task_id, replayed=submission.replayed)
+    if not submission.replayed:
+        JOBS_ACCEPTED.labels(kind).inc()
+    return accepted(kind, submission.status["task_id"], replayed=submission.replayed)
 
 
-def publish(kind: str, task_id: str, owner_id: int) -> None:
-    """One broker message named after the job's kind, carrying only the job id."""
-    publisher().publish(
-        kind,
-        task_id,
-        jobs.KIND_QUEUES[kind],
-        {"request_id": g.get("request_id"), "user_id": owner_id},
-    )
+def message_headers(owner_id: int) -> dict[str, Any]:
+    """What a job's message carries besides its id: who asked, and in which request."""
+    return {"request_id": g.get("request_id"), "user_id": owner_id}
 
 
 def accepted(kind: str, task_id: str, *, replayed: bool = False) -> Response:

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, event
 
 from api.limits import unlimited
 from api.openapi import PlainText, documented
-from shared.queue_depth import BrokerUnavailable, QueueDepths
+from shared.broker.depth import BrokerUnavailable, QueueDepths
 from shared.redis_store import Keys
 
 bp = Blueprint("metrics", __name__)

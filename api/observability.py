@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from api import metrics
 from shared import logging_setup, slow_queries
-from shared.queue_depth import create_queue_depths
+from shared.broker.depth import create_queue_depths
 from shared.resources import Resources
 
 access_log = logging.getLogger("conveyor.access")

@@ -35,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
     args = parser.parse_args(argv)
 
-    from workers.app import app
+    from shared.settings import Settings
+    from workers.factory import create_celery_app
 
+    # A command-line entry point: it reads the environment, as the worker does.
+    app = create_celery_app(Settings.from_env())
     ok, detail = canary_round_trip(app, args.queue, args.timeout)
     print(("ok: " if ok else "unhealthy: ") + detail, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1

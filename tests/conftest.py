@@ -120,8 +120,14 @@ def client(app):
 
 @pytest.fixture(scope="session")
 def celery_app(settings: Settings):
-    from workers.app import app as celery
+    from workers.factory import create_celery_app, wire_process
 
+    celery = create_celery_app(settings)
+    # What the worker entry point (workers/app.py) does for its process.
+    celery.set_current()
+    celery.set_default()
+    wire_process()
+    celery.loader.import_default_modules()
     return celery
 
 

@@ -7,8 +7,8 @@ import time
 from sqlalchemy import func, select
 
 from shared import jobs
+from shared.broker.depth import RedisQueueDepths
 from shared.models import Job
-from shared.queue_depth import RedisQueueDepths
 from tests.hardening_support import app_with, unique_name
 from tests.support import register_and_login
 

@@ -161,7 +161,7 @@ def gevent_worker(settings, upstream, *, concurrency: int) -> Iterator[WorkerOut
 
 def test_the_broker_channel_pool_serves_every_greenlet_at_once(celery_app, settings):
     # What 100 greenlets acking at the same moment ask of kombu's pool.
-    from workers.app import broker_max_connections
+    from shared.broker.config import broker_max_connections
 
     wanted = settings.ai_worker_concurrency
     assert broker_max_connections(settings) >= wanted

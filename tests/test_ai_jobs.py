@@ -165,17 +165,23 @@ def test_accepted_job_records_the_normalised_request_and_no_credentials(
 
 
 @pytest.mark.parametrize("name", ["ai.text", "ai.presentation", "ai.image"])
-def test_ai_tasks_are_late_acked_and_time_limited(celery_app, name):
+def test_ai_tasks_are_late_acked_and_time_limited(settings, name):
     from shared.jobs.kinds import ai_time_limits as time_limits
+    from workers.factory import create_celery_app
     from workers.tasks.ai import MAX_COUNTDOWN_SECONDS
 
-    task = celery_app.tasks[name]
-    timeout = celery_app.conf.conveyor_settings.ai_timeout_seconds
+    # A fresh app: its limits come from AI_TIMEOUT_SECONDS through the kind's declaration.
+    slow = dataclasses.replace(settings, ai_timeout_seconds=75.0)
+    app = create_celery_app(slow)
+    app.loader.import_default_modules()
+    task = app.tasks[name]
+    timeout = slow.ai_timeout_seconds
     assert task.acks_late is True
     assert (task.soft_time_limit, task.time_limit) == time_limits(timeout)
     # Room for a wait on another worker's identical call, then our own call.
     assert 2 * timeout < task.soft_time_limit < task.time_limit
     assert MAX_COUNTDOWN_SECONDS <= 300
+    app.close()
 
 
 def test_each_kind_succeeds_with_its_shape_provider_model_and_cache_flag(client, make_user, fake):

@@ -220,7 +220,7 @@ def test_a_countdown_retry_held_by_a_killed_worker_is_not_lost(leased, redis_cli
     queue_key = f"{settings.redis_key_prefix}ledger"
     assert redis_client.delete(queue_key) == 1
     # What a retry publishes: the same task id again, with a countdown.
-    from workers.app import create_celery_app
+    from workers.factory import create_celery_app
 
     producer = create_celery_app(settings)
     producer.send_task(

@@ -473,11 +473,6 @@ def test_a_ledger_job_goes_submit_to_success_over_http(stack: Stack) -> None:
     assert wait_for_job(stack, headers, login["task_id"])["state"] == "SUCCESS"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prefork task metrics are empty unless PROMETHEUS_MULTIPROC_DIR is set at start: "
-    "the celery CLI imports flower, hence prometheus_client, before worker_init picks the mode",
-)
 def test_worker_exporter_counts_its_prefork_children(stack: Stack) -> None:
     # The health check's canary (system.ping on ledger) ran in a prefork child by now.
     assert task_succeeded(stack, "worker", "system.ping") >= 1, metrics(stack, "worker")

@@ -12,10 +12,11 @@ from sqlalchemy import func, select, update
 
 from beat_schedule import beat_schedule
 from shared import jobs, maintenance
-from shared.jobs import utcnow
+from shared.broker.inflight import RedisInFlight, broker_task_ids
+from shared.jobs import kinds, utcnow
 from shared.models import Job, LedgerEntry
 from tests.support import running_worker
-from workers.tasks.maintenance import IDEMPOTENT_KINDS, hard_time_limits, publisher
+from workers.tasks.maintenance import republish
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +61,7 @@ def test_redispatch_sweep_recovers_a_job_whose_message_was_deleted(
 ):
     user_id, _ = make_user("lost")
     prefix = resources.settings.redis_key_prefix
-    publish = publisher(celery_app)
+    publish = republish(celery_app)
     lost = _job(resources, user_id, "ledger.transaction", {"type": "credit", "amount": 250})
     queued = _job(resources, user_id, "ledger.transaction", {"type": "credit", "amount": 40})
     publish("ledger.transaction", lost, "ledger")
@@ -75,12 +76,12 @@ def test_redispatch_sweep_recovers_a_job_whose_message_was_deleted(
             .where(Job.id.in_([uuid.UUID(lost), uuid.UUID(queued)]))
             .values(updated_at=utcnow() - LONG_AGO)
         )
-    assert lost not in maintenance.broker_task_ids(redis_client, prefix, ["ledger"])
+    assert lost not in broker_task_ids(redis_client, prefix, ["ledger"])
 
     def sweep() -> list[str]:
         return maintenance.redispatch_lost(
             resources.sessions,
-            maintenance.RedisInFlight(redis_client, prefix),
+            RedisInFlight(redis_client, prefix),
             publish,
             older_than_seconds=3600,
         )
@@ -89,7 +90,7 @@ def test_redispatch_sweep_recovers_a_job_whose_message_was_deleted(
     assert lost in first
     assert queued not in first  # its message is still waiting: not lost
     assert lost not in sweep()  # a second beat firing at once publishes nothing more
-    assert lost in maintenance.broker_task_ids(redis_client, prefix, ["ledger"])
+    assert lost in broker_task_ids(redis_client, prefix, ["ledger"])
 
     with running_worker(celery_app, queues="ledger"):
         done = _wait_for_row_state(resources, lost, "SUCCESS")
@@ -124,10 +125,12 @@ def test_reaper_fails_stuck_jobs_and_reruns_idempotent_ones(celery_app, resource
             resources.sessions,
             resources.statuses,
             resources.notifications,
-            publisher(celery_app),
-            time_limits=hard_time_limits(celery_app),
+            republish(celery_app),
+            time_limits=kinds.hard_time_limits(
+                celery_app.conf.conveyor_settings.ai_timeout_seconds
+            ),
             grace_seconds=60,
-            idempotent_kinds=IDEMPOTENT_KINDS,
+            idempotent_kinds=kinds.rerunnable_kinds(),
             max_attempts=3,
         )
 

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import QueueDepthCollector
-from shared.queue_depth import RedisQueueDepths
+from shared.broker.depth import RedisQueueDepths
 from shared.settings import ROOT
 from tests.support import free_port, wait_for_state
 from workers.observability import start_metrics_server

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from api.publisher import CeleryPublisher, RedisListPublisher
+from shared.broker.publish import CeleryPublisher, RedisListPublisher, producer_app
 from tests.support import register_and_login, running_worker, wait_for_state
 
 # Fields that differ between any two publishes (who, when, which delivery).
@@ -36,7 +36,7 @@ def test_lean_message_matches_celerys_own(app, redis_client, settings):
     # The API's producer app: like the web process, it never imports task code.
     # (A process that has, e.g. a worker, would stamp each task's own time
     # limits into the message; workers apply those same limits either way.)
-    producer = app.extensions["conveyor.celery"]
+    producer = producer_app(settings)
     job_id = str(uuid.uuid4())
     queue = f"compare-{uuid.uuid4().hex[:8]}"
     key = settings.redis_key_prefix + queue
@@ -64,6 +64,7 @@ def test_lean_message_matches_celerys_own(app, redis_client, settings):
     assert isinstance(ours["headers"]["sent_at"], float)
     for leftover in redis_client.scan_iter(match=f"{settings.redis_key_prefix}*{queue}*"):
         redis_client.delete(leftover)
+    producer.close()
 
 
 def test_the_api_uses_the_lean_publisher_with_a_redis_broker(app):

@@ -103,7 +103,7 @@ def stack(settings, private_redis: PrivateRedis, tmp_path: Path):
     """Settings, API client, resources, producer and worker launcher, all on `private_redis`."""
     from api import create_app
     from shared.resources import Resources
-    from workers.app import create_celery_app
+    from workers.factory import create_celery_app
 
     prefix = f"{settings.redis_key_prefix}survive-{uuid.uuid4().hex[:8]}:"
     private = dataclasses.replace(settings, redis_url=private_redis.url, redis_key_prefix=prefix)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import threading
 
+from celery import Celery
 from celery.signals import worker_process_init
 
 from shared.ai.cache import AICache
 from shared.ai.providers import Provider, build_provider
-from workers.app import app
 from workers.runtime import resources
 
 _lock = threading.Lock()  # cooperative under gevent's monkey-patching
@@ -20,7 +20,7 @@ _provider: Provider | None = None
 _cache: AICache | None = None
 
 
-def provider() -> Provider:
+def provider(app: Celery) -> Provider:
     """This process's provider, built from the app's settings on first use."""
     global _provider
     with _lock:
@@ -29,10 +29,10 @@ def provider() -> Provider:
         return _provider
 
 
-def cache() -> AICache:
+def cache(app: Celery) -> AICache:
     """This process's AI result cache, on the process's Redis client."""
     global _cache
-    client = resources().redis
+    client = resources(app).redis
     with _lock:
         # Rebuilt when workers.runtime rebuilt the Redis client underneath it.
         if _cache is None or _cache.redis is not client:
@@ -50,9 +50,13 @@ def reset() -> None:
         _cache = None
 
 
-@worker_process_init.connect
-def _after_fork(**_kwargs) -> None:
+def _after_fork(**_kwargs: object) -> None:
     # The parent's pooled sockets must not be shared; drop, don't close, them.
     global _provider, _cache
     _provider = None
     _cache = None
+
+
+def install() -> None:
+    """Forget the parent's provider in every prefork child (connected once per process)."""
+    worker_process_init.connect(_after_fork, weak=False, dispatch_uid="conveyor.ai_runtime.fork")

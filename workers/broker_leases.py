@@ -16,7 +16,8 @@ process group, OOM, a lost host) stops renewing, so its messages are
 restored by any other worker within the timeout plus one restore scan. A
 healthy job, however long, keeps its lease and never runs twice.
 
-This reads one kombu internal, the channel QoS's `_delivered` map (the
+The transport options (timeout, restore scan) are set in
+shared/broker/config.py. This reads one kombu internal, the channel QoS's `_delivered` map (the
 messages this consumer holds), and uses the channel's own client and key
 names; everything else is kombu's public restore behaviour. It is isolated
 here, and tests/test_broker_leases.py runs it against real workers.
@@ -35,24 +36,6 @@ log = logging.getLogger(__name__)
 # Renewals per visibility timeout: three may fail in a row (Redis blips)
 # before a healthy worker's lease runs out.
 RENEWALS_PER_TIMEOUT = 4
-# kombu scans for expired messages every `unacked_restore_interval` seconds;
-# at most this often, so recovery takes the timeout plus at most one scan.
-MAX_RESTORE_INTERVAL = 10.0
-
-
-def transport_options(visibility_timeout: float) -> dict[str, Any]:
-    """kombu Redis transport options for leased delivery with `visibility_timeout` seconds."""
-    return {
-        "visibility_timeout": visibility_timeout,
-        # kombu's default scans every 10th tick of 10 s (100 s); scan on every tick.
-        "unacked_restore_interval": restore_interval(visibility_timeout),
-        "unacked_restore_throttle": 1,
-    }
-
-
-def restore_interval(visibility_timeout: float) -> float:
-    """How often consumers look for expired leases."""
-    return max(1.0, min(MAX_RESTORE_INTERVAL, visibility_timeout / 3))
 
 
 def renew_interval(visibility_timeout: float) -> float:

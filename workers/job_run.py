@@ -13,11 +13,11 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy.orm import Session
 
 from shared import jobs
+from shared.broker.config import delayable_countdown
 from shared.jobs import ClaimedJob, JobError
 from shared.jobs import status as job_status
 from shared.jobs.lifecycle import announce_outcome
 from shared.resources import Resources
-from workers.app import delayable_countdown
 from workers.runtime import resources
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ class JobRun:
         with self.res.sessions.begin() as session:
             jobs.mark_state(session, self.job.id, "RETRY", message)
         self._publish({**self.status, "state": "RETRY", "message": message[:255]})
-        return self.task.retry(exc=exc, countdown=delayable_countdown(self.task.app, countdown))
+        countdown = delayable_countdown(self.task.app.conf.broker_url, countdown)
+        return self.task.retry(exc=exc, countdown=countdown)
 
     def _publish(self, status: dict[str, Any]) -> None:
         status = {**status, "updated_at": jobs.isoformat(jobs.utcnow())}
@@ -97,7 +98,7 @@ class JobRun:
 
 def run_job(task: Task, job_id: str, work: Callable[[JobRun], str]) -> None:
     """Claim `job_id` and run `work`, which commits via `run.complete` and returns a summary."""
-    res = resources()
+    res = resources(task.app)
     parsed = jobs.parse_job_id(job_id)
     if parsed is None:
         log.error("dropping message with a malformed job id %r", job_id)
@@ -126,11 +127,3 @@ def run_job(task: Task, job_id: str, work: Callable[[JobRun], str]) -> None:
         run.fail(JobError("internal_error", "the job failed unexpectedly"))
         raise
     run.succeeded(summary)
-
-
-def time_limits(kind: str) -> dict[str, float]:
-    """The task decorator's time limits for `kind`, from its declaration."""
-    from workers.app import app
-
-    soft, hard = jobs.KINDS[kind].limits(app.conf.conveyor_settings.ai_timeout_seconds)
-    return {"soft_time_limit": soft, "time_limit": hard}

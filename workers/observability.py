@@ -91,26 +91,22 @@ def queue_wait_seconds(task: Task, now: float) -> float | None:
     return max(0.0, now - ready_at)
 
 
-@setup_logging.connect
 def _setup_logging(**_kwargs: Any) -> None:
     # Connecting here stops Celery from configuring logging itself: worker and
-    # beat (and Celery's own loggers) write Conveyor's JSON lines.
-    from workers.app import app
+    # beat (and Celery's own loggers) write Conveyor's JSON lines. The signal
+    # names no app: the process's current one (set by its entry point) is it.
+    from celery import current_app
 
-    logging_setup.configure_logging(app.conf.conveyor_settings)
+    logging_setup.configure_logging(current_app.conf.conveyor_settings)
 
 
-@celeryd_init.connect
 def _quiet_banner(instance: Any = None, **_kwargs: Any) -> None:
-    from workers.app import app
-
     # The multi-line start-up banner is not a log line; JSON log pipelines
     # would split it into garbage records.
-    if instance is not None and app.conf.conveyor_settings.log_format == "json":
+    if instance is not None and instance.app.conf.conveyor_settings.log_format == "json":
         instance.quiet = True
 
 
-@before_task_publish.connect
 def _stamp_message(headers: dict[str, Any] | None = None, **_kwargs: Any) -> None:
     if headers is None:
         return
@@ -122,7 +118,6 @@ def _stamp_message(headers: dict[str, Any] | None = None, **_kwargs: Any) -> Non
         headers["request_id"] = context["request_id"]
 
 
-@task_prerun.connect
 def _task_started(task_id: str = "", task: Task | None = None, **_kwargs: Any) -> None:
     if task is None:
         return
@@ -137,7 +132,6 @@ def _task_started(task_id: str = "", task: Task | None = None, **_kwargs: Any) -
     log.info("task started", extra={"queue_wait_ms": None if wait is None else round(wait * 1000)})
 
 
-@task_postrun.connect
 def _task_finished(
     task_id: str = "", task: Task | None = None, state: str | None = None, **_kwargs: Any
 ) -> None:
@@ -149,19 +143,16 @@ def _task_finished(
     logging_setup.clear()
 
 
-@task_success.connect
 def _task_succeeded(sender: Task | None = None, **_kwargs: Any) -> None:
     if sender is not None:
         task_metrics()["succeeded"].labels(sender.name).inc()
 
 
-@task_failure.connect
 def _task_failed(sender: Task | None = None, **_kwargs: Any) -> None:
     if sender is not None:
         task_metrics()["failed"].labels(sender.name).inc()
 
 
-@task_retry.connect
 def _task_retried(sender: Task | None = None, **_kwargs: Any) -> None:
     if sender is not None:
         task_metrics()["retried"].labels(sender.name).inc()
@@ -181,12 +172,9 @@ def start_metrics_server(port: int, *, multiprocess_dir: str | None = None) -> A
     return server
 
 
-@worker_init.connect
 def _worker_init(sender: Any = None, **_kwargs: Any) -> None:
     global _metrics_dir
-    from workers.app import app
-
-    port = app.conf.conveyor_settings.worker_metrics_port
+    port = sender.app.conf.conveyor_settings.worker_metrics_port
     # Never write into a directory inherited from the web process's environment.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if not port:
@@ -200,11 +188,26 @@ def _worker_init(sender: Any = None, **_kwargs: Any) -> None:
         # files in a directory private to this worker and fresh on every start.
         _metrics_dir = tempfile.mkdtemp(prefix="conveyor-worker-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    _choose_value_class()
     start_metrics_server(port, multiprocess_dir=_metrics_dir)
     log.info("task metrics on :%s (%s)", port, "multiprocess" if _metrics_dir else "in-process")
 
 
-@worker_process_shutdown.connect
+def _choose_value_class() -> None:
+    """Make metrics created from now on follow the mode chosen above.
+
+    prometheus_client picks per-process or file-backed values once, when it is
+    first imported, from PROMETHEUS_MULTIPROC_DIR. The celery command imports
+    it before any worker code runs (flower's CLI plugin loads with every
+    `celery` command), so without this prefork children counted into
+    in-process values nobody scrapes. Our task metrics are created lazily,
+    after this point; `get_value_class` is the library's own chooser.
+    """
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
+
+
 def _child_exit(pid: int | None = None, **_kwargs: Any) -> None:
     if _metrics_dir:
         from prometheus_client import multiprocess
@@ -212,7 +215,28 @@ def _child_exit(pid: int | None = None, **_kwargs: Any) -> None:
         multiprocess.mark_process_dead(pid or os.getpid(), path=_metrics_dir)
 
 
-@worker_shutdown.connect
 def _worker_exit(**_kwargs: Any) -> None:
     if _metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+# (signal, handler): connected by `install`, never at import.
+_HANDLERS = (
+    (setup_logging, _setup_logging),
+    (celeryd_init, _quiet_banner),
+    (before_task_publish, _stamp_message),
+    (task_prerun, _task_started),
+    (task_postrun, _task_finished),
+    (task_success, _task_succeeded),
+    (task_failure, _task_failed),
+    (task_retry, _task_retried),
+    (worker_init, _worker_init),
+    (worker_process_shutdown, _child_exit),
+    (worker_shutdown, _worker_exit),
+)
+
+
+def install() -> None:
+    """Connect the logging, log-context and task-metrics handlers (once per process)."""
+    for signal, handler in _HANDLERS:
+        signal.connect(handler, weak=False, dispatch_uid=f"conveyor.{handler.__name__}")

@@ -1,33 +1,59 @@
-"""Per-process resources for task code, rebuilt after a prefork child is forked."""
+"""Per-process resources for task code, one set per app's settings, rebuilt after a fork."""
 
 from __future__ import annotations
 
+import threading
+
+from celery import Celery
 from celery.signals import worker_process_init
 
+from shared.broker.publish import Publisher, build_publisher
 from shared.resources import Resources
-from workers.app import app
+from shared.settings import Settings
 
-_resources: Resources | None = None
+_lock = threading.Lock()
+_resources: dict[Settings, Resources] = {}
+_publishers: dict[Settings, Publisher] = {}
 
 
-def resources() -> Resources:
-    """This process's engine, Redis client and stores, built on first use."""
-    global _resources
-    if _resources is None:
-        _resources = Resources.build(app.conf.conveyor_settings)
-    return _resources
+def resources(app: Celery) -> Resources:
+    """This process's engine, Redis client and stores for `app`'s settings, built on first use."""
+    settings: Settings = app.conf.conveyor_settings
+    with _lock:
+        res = _resources.get(settings)
+        if res is None:
+            res = _resources[settings] = Resources.build(settings)
+        return res
+
+
+def publisher(app: Celery) -> Publisher:
+    """This process's job publisher for `app`'s broker (the same path the API submits through)."""
+    settings: Settings = app.conf.conveyor_settings
+    with _lock:
+        found = _publishers.get(settings)
+        if found is None:
+            found = _publishers[settings] = build_publisher(settings)
+        return found
 
 
 def reset() -> None:
-    """Drop this process's resources (tests, or after a fork)."""
-    global _resources
-    if _resources is not None:
-        _resources.close()
-    _resources = None
+    """Close and drop this process's resources (tests that change settings)."""
+    with _lock:
+        for res in _resources.values():
+            res.close()
+        for pub in _publishers.values():
+            pub.close()
+        _resources.clear()
+        _publishers.clear()
 
 
-@worker_process_init.connect
-def _after_fork(**_kwargs) -> None:
+def _after_fork(**_kwargs: object) -> None:
     # Connections inherited from the parent must not be shared with it.
-    global _resources
-    _resources = None
+    with _lock:
+        _resources.clear()
+        _publishers.clear()
+
+
+def install() -> None:
+    """Forget inherited connections in every prefork child (connected once per process)."""
+    worker_process_init.connect(_after_fork, weak=False, dispatch_uid="conveyor.runtime.fork")

@@ -6,17 +6,18 @@ import logging
 import random
 
 from flask import Blueprint, Response, g, jsonify
-from kombu.exceptions import OperationalError as BrokerError
 
-from api.dispatch import publish
+from api.dispatch import message_headers
 from api.errors import ApiError
-from api.extensions import resources
+from api.extensions import publisher, resources
 from api.limits import auth_limited
 from api.openapi import documented
 from api.requests import parse_body
 from api.responses import AccessToken, Registered
 from api.schemas import Credentials, LoginRequest
-from shared import accounts, jobs
+from shared import accounts
+from shared.jobs.submission import BrokerError
+from shared.jobs.submission import submit as submit_job
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
 log = logging.getLogger(__name__)
@@ -74,19 +75,20 @@ def _login_transactions(user_id: int) -> str | None:
     res = resources()
     count = random.randint(1, 10)  # noqa: S311 - demo data, not security
     with res.autocommit_engine.connect() as conn:
-        submission = jobs.create_job(
-            conn,
-            owner_id=user_id,
-            kind="ledger.random",
-            params={"count": count, "trigger": "login"},
-            ttl_seconds=res.settings.job_ttl_seconds,
-        )
-        task_id = submission.status["task_id"]
         try:
-            publish("ledger.random", task_id, user_id)
+            submission = submit_job(
+                conn,
+                publisher(),
+                res.settings,
+                owner_id=user_id,
+                kind="ledger.random",
+                params={"count": count, "trigger": "login"},
+                headers=message_headers(user_id),
+                # The system starts this job; it never counts against the user's cap.
+                admission=False,
+            )
         except BrokerError:
             # Logging in must not fail because the demo job cannot be queued.
             log.warning("login job not queued: broker unavailable")
-            jobs.delete_job(conn, jobs.parse_job_id(task_id))
             return None
-    return task_id
+    return submission.status["task_id"]

@@ -13,7 +13,7 @@ result, and a cached answer is reused if the first call got that far.
 
 from __future__ import annotations
 
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from shared.ai import quota
@@ -23,8 +23,7 @@ from shared.ai.providers import retry_delay
 from shared.ai.request import AIRequest, AIRequestError
 from shared.jobs import JobError
 from workers import ai_runtime
-from workers.app import app
-from workers.job_run import JobRun, run_job, time_limits
+from workers.job_run import JobRun, run_job
 
 # Longest wait before a retry; a Retry-After beyond it is cut to it (the
 # upstream answers 429 again and that attempt counts as a retry).
@@ -41,24 +40,23 @@ TASK_OPTIONS = {
     "acks_late": True,
     # Retries are decided in `_retry_or_fail` from AI_MAX_RETRIES.
     "max_retries": None,
-    # All three AI kinds share the limits their declarations derive from AI_TIMEOUT_SECONDS.
-    **time_limits("ai.text"),
+    # Time limits: each kind's declaration, from AI_TIMEOUT_SECONDS, applied by the app.
 }
 
 
-@app.task(name="ai.text", **TASK_OPTIONS)
+@shared_task(name="ai.text", **TASK_OPTIONS)
 def text(self: Task, job_id: str) -> None:
     """Summarize, expand, rewrite or explain the prompt."""
     run_job(self, job_id, _generate)
 
 
-@app.task(name="ai.presentation", **TASK_OPTIONS)
+@shared_task(name="ai.presentation", **TASK_OPTIONS)
 def presentation(self: Task, job_id: str) -> None:
     """A presentation outline: a title and `num_cards` cards of bullets."""
     run_job(self, job_id, _generate)
 
 
-@app.task(name="ai.image", **TASK_OPTIONS)
+@shared_task(name="ai.image", **TASK_OPTIONS)
 def image(self: Task, job_id: str) -> None:
     """An image for the prompt, as a URL."""
     run_job(self, job_id, _generate)
@@ -84,8 +82,8 @@ def _generate(run: JobRun) -> str:
     try:
         result = generate(
             request,
-            ai_runtime.provider(),
-            ai_runtime.cache(),
+            ai_runtime.provider(run.task.app),
+            ai_runtime.cache(run.task.app),
             before_upstream=consume_quota,
             progress=run.progress,
         )

@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-from celery import Task
+from celery import Task, shared_task
 
 from shared.ai.cache import AICache
 from shared.ai.providers import build_provider
+from shared.jobs.kinds import KINDS
 from shared.resources import Resources
 from shared.warming import TARGETS, AIWarming, Progress, WarmOutcome, warm
-from workers.app import app
-from workers.job_run import JobRun, run_job, time_limits
+from workers.job_run import JobRun, run_job
 from workers.runtime import resources
 
 
-@app.task(
-    name="cache.warm",
-    bind=True,
-    ignore_result=True,
-    **time_limits("cache.warm"),
-)
+# Time limits: the cache.warm declaration (shared/jobs/kinds.py), applied by the app.
+@shared_task(name="cache.warm", bind=True, ignore_result=True)
 def warm_job(self: Task, job_id: str) -> None:
     """Warm the targets an admin asked for, reporting progress on the job."""
     run_job(self, job_id, _warm_for_job)
 
 
-@app.task(
-    name="cache.warm_scheduled",
-    ignore_result=True,
-    # Beat's run does the same work as an admin's cache.warm job.
-    **time_limits("cache.warm"),
-)
-def warm_scheduled() -> dict:
+@shared_task(name="cache.warm_scheduled", bind=True, ignore_result=True)
+def warm_scheduled(self: Task) -> dict:
     """Beat's warming run: every target, no job record (nobody polls it)."""
-    return run_warm(resources(), TARGETS).to_dict()
+    return run_warm(resources(self.app), TARGETS).to_dict()
 
 
 def _warm_for_job(run: JobRun) -> str:
@@ -62,7 +53,7 @@ def run_warm(res: Resources, targets, progress: Progress | None = None) -> WarmO
             active_seconds=settings.cache_warm_active_seconds,
             batch_size=settings.cache_warm_batch_size,
             # Outlives the hard limit: a killed run's lock expires on its own.
-            lock_ttl=time_limits("cache.warm")["time_limit"] + 30,
+            lock_ttl=KINDS["cache.warm"].limits(settings.ai_timeout_seconds)[1] + 30,
             ai=ai,
             progress=progress,
         )

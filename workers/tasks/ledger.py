@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from celery import Task
+from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 from shared import ledger
 from shared.wallet_cache import invalidate_user
-from workers.app import app
-from workers.job_run import JobRun, run_job, time_limits
+from workers.job_run import JobRun, run_job
 
 # Transient database trouble (a restart, a dropped connection) is retried; the
 # job-row lock and the (job, seq) unique key make a retried posting apply once.
@@ -20,13 +19,8 @@ LEDGER_RETRY = {
 }
 
 
-@app.task(
-    name="ledger.transaction",
-    bind=True,
-    ignore_result=True,
-    **time_limits("ledger.transaction"),
-    **LEDGER_RETRY,
-)
+# Time limits come from each kind's declaration (shared/jobs/kinds.py), applied by the app.
+@shared_task(name="ledger.transaction", bind=True, ignore_result=True, **LEDGER_RETRY)
 def transaction(self: Task, job_id: str) -> None:
     """Post one credit or debit for the job's owner."""
     run_job(self, job_id, _post_one)
@@ -51,13 +45,7 @@ def _post_one(run: JobRun) -> str:
     return f"{params['type']} of {params['amount']} posted; balance {posting.balance_after}"
 
 
-@app.task(
-    name="ledger.random",
-    bind=True,
-    ignore_result=True,
-    **time_limits("ledger.random"),
-    **LEDGER_RETRY,
-)
+@shared_task(name="ledger.random", bind=True, ignore_result=True, **LEDGER_RETRY)
 def random_batch(self: Task, job_id: str) -> None:
     """Post 1-10 random transactions that never overdraw, reporting progress."""
     run_job(self, job_id, _post_batch)

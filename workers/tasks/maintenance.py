@@ -2,43 +2,31 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, Task, shared_task
 
 from shared import maintenance
-from shared.jobs import KIND_QUEUES
-from workers.app import app
-from workers.runtime import resources
+from shared.broker.inflight import broker_in_flight
+from shared.jobs import kinds
+from workers.runtime import publisher, resources
 
-# Ledger jobs post each entry once per (job, seq), so re-running them is safe.
-IDEMPOTENT_KINDS = ("ledger.transaction", "ledger.random")
-
-MAINTENANCE = {"ignore_result": True, "soft_time_limit": 110, "time_limit": 120}
+MAINTENANCE = {"bind": True, "ignore_result": True, "soft_time_limit": 110, "time_limit": 120}
 
 
-def publisher(celery: Celery) -> maintenance.Publish:
-    """A `Publish` that sends the job's message again, as the API first did."""
+def republish(app: Celery) -> maintenance.Publish:
+    """A `Publish` that sends the job's message again, through the path the API submits by."""
+    jobs_publisher = publisher(app)
 
     def publish(kind: str, job_id: str, queue: str) -> None:
         # Same task id as the first message: the job id.
-        celery.send_task(kind, args=[job_id], task_id=job_id, queue=queue, ignore_result=True)
+        jobs_publisher.publish(kind, job_id, queue, {})
 
     return publish
 
 
-def hard_time_limits(celery: Celery) -> dict[str, float]:
-    """Each job kind's hard time limit, as its registered task (or the default) sets it."""
-    default = celery.conf.task_time_limit
-    limits = {}
-    for kind in KIND_QUEUES:
-        task = celery.tasks.get(kind)
-        limits[kind] = (task.time_limit if task is not None else None) or default
-    return limits
-
-
-@app.task(name="maintenance.expire_jobs", **MAINTENANCE)
-def expire_jobs() -> dict:
+@shared_task(name="maintenance.expire_jobs", **MAINTENANCE)
+def expire_jobs(self: Task) -> dict:
     """Delete job records past their expiry and release stale Idempotency-Keys."""
-    res = resources()
+    res = resources(self.app)
     return {
         "deleted": maintenance.expire_jobs(res.sessions),
         "keys_released": maintenance.release_idempotency_keys(
@@ -47,10 +35,10 @@ def expire_jobs() -> dict:
     }
 
 
-@app.task(name="maintenance.expire_notifications", **MAINTENANCE)
-def expire_notifications() -> dict:
+@shared_task(name="maintenance.expire_notifications", **MAINTENANCE)
+def expire_notifications(self: Task) -> dict:
     """Drop notifications older than their TTL from lists kept alive by newer ones."""
-    res = resources()
+    res = resources(self.app)
     removed = maintenance.expire_notifications(
         res.redis,
         res.settings.redis_key_prefix,
@@ -59,16 +47,16 @@ def expire_notifications() -> dict:
     return {"removed": removed}
 
 
-@app.task(name="maintenance.redispatch_lost", **MAINTENANCE)
-def redispatch_lost() -> dict:
+@shared_task(name="maintenance.redispatch_lost", **MAINTENANCE)
+def redispatch_lost(self: Task) -> dict:
     """Re-publish PENDING jobs whose broker message is gone."""
-    res = resources()
-    in_flight = maintenance.broker_in_flight(res.settings, res.redis)
+    res = resources(self.app)
+    in_flight = broker_in_flight(res.settings, res.redis)
     try:
         ids = maintenance.redispatch_lost(
             res.sessions,
             in_flight,
-            publisher(app),
+            republish(self.app),
             older_than_seconds=res.settings.redispatch_after_seconds,
         )
     finally:
@@ -76,18 +64,18 @@ def redispatch_lost() -> dict:
     return {"redispatched": ids}
 
 
-@app.task(name="maintenance.reap_stuck", **MAINTENANCE)
-def reap_stuck() -> dict:
+@shared_task(name="maintenance.reap_stuck", **MAINTENANCE)
+def reap_stuck(self: Task) -> dict:
     """Fail (or re-dispatch, when idempotent) jobs STARTED past their hard time limit."""
-    res = resources()
+    res = resources(self.app)
     outcome = maintenance.reap_stuck(
         res.sessions,
         res.statuses,
         res.notifications,
-        publisher(app),
-        time_limits=hard_time_limits(app),
+        republish(self.app),
+        time_limits=kinds.hard_time_limits(res.settings.ai_timeout_seconds),
         grace_seconds=res.settings.stuck_grace_seconds,
-        idempotent_kinds=IDEMPOTENT_KINDS,
+        idempotent_kinds=kinds.rerunnable_kinds(),
         max_attempts=res.settings.stuck_max_redispatches,
     )
     return {"failed": outcome.failed, "redispatched": outcome.redispatched}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from workers.app import app
+from celery import shared_task
 
 
-@app.task(name="system.ping", soft_time_limit=5, time_limit=10, acks_late=False)
+@shared_task(name="system.ping", soft_time_limit=5, time_limit=10, acks_late=False)
 def ping() -> str:
     """Round-trip canary for worker liveness checks (stores its result)."""
     return "pong"

@@ -18,16 +18,10 @@ import redis
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
+from shared.broker import keys
+from shared.broker.config import is_amqp_url
 from shared.redis_store import create_redis
 from shared.settings import Settings
-
-# kombu's names for RabbitMQ (0-9-1) transports.
-_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "pyamqps")
-
-
-def is_amqp_url(url: str) -> bool:
-    """True when `url` names a RabbitMQ broker (amqp://, amqps://, pyamqp://)."""
-    return url.partition("://")[0].lower() in _AMQP_SCHEMES
 
 
 class BrokerUnavailable(Exception):
@@ -87,7 +81,7 @@ class RedisQueueDepths(QueueDepths):
         try:
             pipe = self._redis.pipeline(transaction=False)
             for queue in names:
-                pipe.llen(f"{self._prefix}{queue}")
+                pipe.llen(keys.queue_list(self._prefix, queue))
             lengths = pipe.execute()
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"Redis broker: {exc.__class__.__name__}") from exc
