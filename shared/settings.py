@@ -10,6 +10,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = ROOT / "var"
 
+# development: SQLite and an embedded Redis allowed, a fixed signing key,
+# X-Query-Count on; production: SECRET_KEY required, nothing insecure by default.
+ENVIRONMENTS = ("development", "production")
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -188,6 +192,10 @@ class Settings:
 
     def validate(self) -> None:
         """Refuse configurations that would be unsafe or cannot work."""
+        if self.env not in ENVIRONMENTS:
+            raise ConfigError(
+                f"CONVEYOR_ENV must be one of {', '.join(ENVIRONMENTS)}, got {self.env!r}"
+            )
         if self.is_production and not self.secret_key:
             raise ConfigError("SECRET_KEY is required when CONVEYOR_ENV=production")
         if self.is_production and len(self.secret_key) < 32:

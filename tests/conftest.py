@@ -26,7 +26,7 @@ REDIS_PREFIX = f"conveyor-test-{RUN_ID}:"
 
 os.environ.update(
     {
-        "CONVEYOR_ENV": "test",
+        "CONVEYOR_ENV": "development",
         "DATABASE_URL": f"postgresql://postgres@{PG_HOST}:5432/{DB_NAME}",
         "REDIS_URL": REDIS_URL,
         "CONVEYOR_REDIS_PREFIX": REDIS_PREFIX,

@@ -91,3 +91,8 @@ def test_make_migrate_with_each_form(scheme: str, scratch_database: str) -> None
             assert cur.fetchone()[0] is True
     finally:
         conn.close()
+
+
+def test_an_unknown_environment_name_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match="CONVEYOR_ENV"):
+        Settings.from_env({"CONVEYOR_ENV": "staging"})
