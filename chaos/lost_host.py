@@ -54,7 +54,7 @@ def run(ctx: Context) -> Result:
         conveyor.start_worker(host, wrap=network.exec_argv(host), hostname=f"chaos-{host}")
     for host in ("w1", "w2"):
         conveyor.wait_worker_ready(host)
-    survivor = ctx.procs.pid("w2")
+    survivor = conveyor.worker_pid("w2")
 
     with inside(client):
         tokens = create_users(env, f"chaos_{ctx.run_id}_h", scenario.USERS)
@@ -72,7 +72,7 @@ def run(ctx: Context) -> Result:
         stranded = invariants.unfinished_created_before(db, load.accepted_ids(), time.time() - 1.0)
         load.finish(timeout=120)
         violations, counts = scenario.check(load, db)
-    violations += scenario.still_running(ctx, "w2", survivor)
+    violations += conveyor.worker_survived("w2", survivor)
     ids = list(load.accepted)
     after = [t for t in invariants.finish_times(db, ids) if t > cut_at]
     figures = scenario.common_figures(load, counts, db)
@@ -85,6 +85,4 @@ def run(ctx: Context) -> Result:
             "elapsed": ctx.elapsed(),
         }
     )
-    # A partitioned worker never finishes a warm shutdown: end it outright.
-    ctx.procs.kill_group("w1")
     return Result(NAME, figures, violations)

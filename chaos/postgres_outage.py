@@ -30,8 +30,9 @@ def run(ctx: Context) -> Result:
     conveyor = Conveyor(ctx.procs, env)
     base = conveyor.start_web()
     conveyor.start_beat()
-    worker = conveyor.start_worker("worker")
+    conveyor.start_worker("worker")
     conveyor.wait_worker_ready("worker")
+    worker = conveyor.worker_pid("worker")
     beat = ctx.procs.pid("beat")
 
     tokens = create_users(env, f"chaos_{ctx.run_id}_p", scenario.USERS)
@@ -47,7 +48,7 @@ def run(ctx: Context) -> Result:
     load.finish(timeout=120)
 
     violations, counts = scenario.check(load, db)
-    violations += scenario.still_running(ctx, "worker", worker.pid)
+    violations += conveyor.worker_survived("worker", worker)
     violations += scenario.still_running(ctx, "beat", beat)
     ids = list(load.accepted)
     after = [t for t in invariants.finish_times(db, ids) if t > restarted_at]

@@ -30,8 +30,9 @@ def run(ctx: Context) -> Result:
     conveyor = Conveyor(ctx.procs, env)
     base = conveyor.start_web()
     conveyor.start_beat()
-    worker = conveyor.start_worker("worker")
+    conveyor.start_worker("worker")
     conveyor.wait_worker_ready("worker")
+    worker = conveyor.worker_pid("worker")
     beat = ctx.procs.pid("beat")
 
     tokens = create_users(env, f"chaos_{ctx.run_id}_r", scenario.USERS)
@@ -48,7 +49,7 @@ def run(ctx: Context) -> Result:
 
     violations, counts = scenario.check(load, db)
     # Nobody restarts them: worker and beat reconnect on their own.
-    violations += scenario.still_running(ctx, "worker", worker.pid)
+    violations += conveyor.worker_survived("worker", worker)
     violations += scenario.still_running(ctx, "beat", beat)
     after = [t for t in invariants.finish_times(db, list(load.accepted)) if t > restarted_at]
     if not after:

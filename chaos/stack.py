@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -105,13 +106,6 @@ class ChildProcesses(Processes):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout)
         super().stop(name, timeout)
-
-    def kill_group(self, name: str) -> None:
-        """SIGKILL the process and its whole group (its own session), then reap it."""
-        pid = self.pid(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        self.stop(name)
 
     def stop_all(self) -> None:
         for name in reversed(self.order):
@@ -330,22 +324,41 @@ class Conveyor:
         return base
 
     def start_worker(self, name: str, *, wrap: list[str] | None = None,
-                     hostname: str | None = None) -> subprocess.Popen:  # fmt: skip
-        """The Procfile's `worker` line; on a host of its own, under that host's name."""
+                     hostname: str | None = None) -> None:  # fmt: skip
+        """The Procfile's `worker` line under scripts/supervise.py, as `make run` runs it.
+
+        The supervisor restarts the worker after any exit, as compose's restart
+        policy does in production; `restarts()` counts how often it had to.
+        """
         script = procfile_command("worker")
         if hostname:
+            script = f"hostname {hostname} && {script}"
+        supervised = [str(BIN / "python"), "-m", "scripts.supervise", "--name", name, "--", script]
+        if hostname:
             # Its own UTS namespace, so `-n worker@%h` names the host, as on a real machine.
-            argv = [
-                *(wrap or []),
-                "unshare",
-                "--uts",
-                "/bin/sh",
-                "-c",
-                f"hostname {hostname} && {script}",
-            ]
-        else:
-            argv = ["/bin/sh", "-c", script]
-        return self.procs.start(name, argv, self.env)
+            supervised = ["unshare", "--uts", *supervised]
+        self.procs.start(name, [*(wrap or []), *supervised], self.env)
+
+    def worker_pid(self, name: str) -> int | None:
+        """PID of the worker's main process (the supervisor's child), if one runs."""
+        children = child_pids(self.procs.pid(name))
+        return children[0] if children else None
+
+    def restarts(self, name: str) -> list[str]:
+        """The supervisor's restart lines: one per unexpected exit of the worker."""
+        return re.findall(
+            rf"supervise\[{re.escape(name)}\]: (.+?); restart #", self.procs.log_tail(name, 10**8)
+        )
+
+    def worker_survived(self, name: str, pid: int | None) -> list[str]:
+        """A violation unless worker `name` still runs as `pid`, never restarted."""
+        exits = self.restarts(name)
+        if not exits and pid is not None and self.worker_pid(name) == pid and alive(pid):
+            return []
+        return [
+            f"{name} did not outlive the fault (exits: {exits or 'none'}):\n"
+            + self.procs.log_tail(name)
+        ]
 
     def start_beat(self, *, wrap: list[str] | None = None) -> None:
         self.procs.start(
@@ -357,6 +370,8 @@ class Conveyor:
 
         def ready() -> bool:
             self.procs.check_alive(name)
-            return " ready." in self.procs.log_tail(name, 200_000)
+            if self.restarts(name):
+                raise RuntimeError(f"{name} exited at start:\n{self.procs.log_tail(name)}")
+            return " ready." in self.procs.log_tail(name, 10**8)
 
         wait_for(f"{name} ready", ready, timeout, interval=0.3)
