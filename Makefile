@@ -29,6 +29,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 bench: install
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.run
 
 chaos: install

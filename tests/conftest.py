@@ -134,7 +134,7 @@ def celery_app(settings: Settings):
 @pytest.fixture(scope="module")
 def worker(celery_app):
     """A real Celery worker (thread pool) consuming every queue from the test Redis."""
-    from tests.support import running_worker
+    from tests.support.workers import running_worker
 
     with running_worker(celery_app) as controller:
         yield controller
@@ -143,7 +143,7 @@ def worker(celery_app):
 @pytest.fixture
 def make_user(client):
     """Register a fresh user and return (user id, auth headers)."""
-    from tests.support import register_and_login
+    from tests.support.accounts import register_and_login
 
     def factory(prefix: str = "user") -> tuple[int, dict[str, str]]:
         return register_and_login(client, f"{prefix}_{uuid.uuid4().hex[:10]}")

@@ -1,0 +1,141 @@
+"""Admission control: the per-user in-flight cap (one INSERT) and queue-depth back-pressure."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import func, select
+
+from shared import jobs
+from shared.broker.depth import RedisQueueDepths
+from shared.models import Job
+from tests.support.accounts import register_and_login
+from tests.support.apps import app_with, unique_name
+
+CREDIT = {"type": "credit", "amount": 100}
+
+
+def _unfinished(resources, user_id: int) -> int:
+    with resources.sessions() as session:
+        return session.scalar(
+            select(func.count()).where(Job.owner_id == user_id, Job.state.in_(jobs.UNFINISHED))
+        )
+
+
+def test_inflight_cap_answers_429_and_frees_up_when_a_job_finishes(
+    settings, resources, redis_client
+):
+    # A private key prefix: these messages sit on a queue no test worker consumes.
+    with app_with(settings, max_inflight_jobs=3) as app:
+        client = app.test_client()
+        user_id, headers = register_and_login(client, unique_name())
+        first = client.post(
+            "/api/v1/transactions", json=CREDIT, headers={**headers, "Idempotency-Key": "first"}
+        )
+        assert first.status_code == 202
+        # Counting and inserting is one statement: one database round trip.
+        assert first.headers["X-Query-Count"] == "1"
+        for _ in range(2):
+            assert (
+                client.post("/api/v1/transactions", json=CREDIT, headers=headers).status_code == 202
+            )
+
+        refused = client.post("/api/v1/transactions/random", json={}, headers=headers)
+        assert refused.status_code == 429
+        assert refused.get_json()["error"]["code"] == "too_many_inflight_jobs"
+        assert refused.get_json()["error"]["details"] == {"max_inflight_jobs": 3}
+        assert _unfinished(resources, user_id) == 3
+        # The depth check reads the list kombu really publishes to.
+        prefix = app.extensions["conveyor"].settings.redis_key_prefix
+        assert redis_client.llen(f"{prefix}ledger") == 3
+
+        # A replay is not a new job: it still answers, at the cap.
+        replay = client.post(
+            "/api/v1/transactions", json=CREDIT, headers={**headers, "Idempotency-Key": "first"}
+        )
+        assert replay.status_code == 202
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.get_json()["task_id"] == first.get_json()["task_id"]
+        # A new key at the cap is refused, and records nothing.
+        fresh_key = client.post(
+            "/api/v1/transactions", json=CREDIT, headers={**headers, "Idempotency-Key": "second"}
+        )
+        assert fresh_key.status_code == 429
+        assert _unfinished(resources, user_id) == 3
+
+        # Another user is not affected by this one's backlog.
+        _, other = register_and_login(client, unique_name())
+        assert client.post("/api/v1/transactions", json=CREDIT, headers=other).status_code == 202
+
+        # A finished (here: cancelled) job frees a slot.
+        task_id = first.get_json()["task_id"]
+        assert client.delete(f"/api/v1/tasks/{task_id}", headers=headers).status_code == 202
+        assert client.post("/api/v1/transactions", json=CREDIT, headers=headers).status_code == 202
+        assert _unfinished(resources, user_id) == 3
+
+
+def test_create_job_counts_in_the_same_statement(resources, make_user):
+    """Domain level: the cap is enforced by create_job itself on a real connection."""
+    user_id, _ = make_user("domain_cap")
+    with resources.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for _ in range(2):
+            jobs.create_job(
+                conn,
+                owner_id=user_id,
+                kind="ledger.random",
+                params={"count": 1},
+                ttl_seconds=60,
+                max_inflight=2,
+            )
+        try:
+            jobs.create_job(
+                conn,
+                owner_id=user_id,
+                kind="ledger.random",
+                params={"count": 1},
+                ttl_seconds=60,
+                max_inflight=2,
+            )
+        except jobs.TooManyInflightJobs:
+            pass
+        else:
+            raise AssertionError("the third job was accepted over the cap")
+        # Without a cap (the login-triggered job), it is recorded.
+        jobs.create_job(
+            conn, owner_id=user_id, kind="ledger.random", params={"count": 1}, ttl_seconds=60
+        )
+    assert _unfinished(resources, user_id) == 3
+
+
+def test_overloaded_queue_answers_503_with_retry_after(settings, redis_client):
+    with app_with(settings, queue_max_depth=2) as app:
+        prefix = app.extensions["conveyor"].settings.redis_key_prefix
+        client = app.test_client()
+        _, headers = register_and_login(client, unique_name())
+        backlog = f"{prefix}ledger"
+        redis_client.rpush(backlog, "a", "b", "c")  # stand-ins: nothing consumes this prefix
+        try:
+            time.sleep(1.1)  # past the per-process depth cache
+            refused = client.post("/api/v1/transactions", json=CREDIT, headers=headers)
+            assert refused.status_code == 503
+            assert refused.get_json()["error"]["code"] == "overloaded"
+            assert refused.get_json()["error"]["details"] == {"queue": "ledger"}
+            assert int(refused.headers["Retry-After"]) > 0
+        finally:
+            redis_client.delete(backlog)
+        time.sleep(1.1)
+        assert client.post("/api/v1/transactions", json=CREDIT, headers=headers).status_code == 202
+
+
+def test_queue_depth_is_cached_per_process(redis_client, settings):
+    now = [0.0]
+    prefix = f"{settings.redis_key_prefix}depth:"
+    depths = RedisQueueDepths(redis_client, prefix, max_age=1.0, clock=lambda: now[0])
+    try:
+        assert depths.depth("q") == 0
+        redis_client.rpush(f"{prefix}q", "x", "y")
+        assert depths.depth("q") == 0  # cached
+        now[0] = 1.5
+        assert depths.depth("q") == 2
+    finally:
+        redis_client.delete(f"{prefix}q")

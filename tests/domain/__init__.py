@@ -1,0 +1,1 @@
+"""Domain tests: shared/ called directly with real PostgreSQL and Redis, no app, no worker."""

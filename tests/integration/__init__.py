@@ -1,0 +1,1 @@
+"""Integration tests: jobs through real Celery workers and real brokers."""

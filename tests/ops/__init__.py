@@ -1,0 +1,1 @@
+"""Operations tests: real processes as deployed, metrics, migrations, supervision."""

@@ -1,0 +1,1 @@
+"""Test support, one module per kind of help (accounts, polling, workers, processes...)."""

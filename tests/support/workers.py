@@ -1,0 +1,34 @@
+"""A real Celery worker in the test process, and queue depths on the Redis broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery.contrib.testing.worker import start_worker
+
+
+@contextmanager
+def running_worker(
+    celery_app, *, concurrency: int = 8, queues: str = "ledger,ai,maintenance"
+) -> Iterator[Any]:
+    """A real worker in this process (thread pool), stopped on exit."""
+    from workers import runtime
+
+    runtime.reset()
+    with start_worker(
+        celery_app,
+        pool="threads",
+        concurrency=concurrency,
+        perform_ping_check=False,
+        queues=queues.split(","),
+        shutdown_timeout=30,
+        loglevel="WARNING",
+    ) as controller:
+        yield controller
+    runtime.reset()
+
+
+def queue_depth(redis_client, prefix: str, queue: str) -> int:
+    return redis_client.llen(f"{prefix}{queue}")
