@@ -71,6 +71,11 @@ def _env(name: str, **kwargs):
     return field(metadata={"env": name}, **kwargs)
 
 
+def environment_names() -> frozenset[str]:
+    """Every environment variable Settings reads."""
+    return frozenset(f.metadata["env"] for f in fields(Settings))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob Conveyor has; see README "Configuration" for each one."""

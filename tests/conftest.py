@@ -1,12 +1,12 @@
 """Fixtures: a throwaway PostgreSQL database, a private Redis key prefix, a real worker.
 
-The environment is set before any Conveyor module is imported, because the
-Celery app (workers.app) reads its settings once, at import.
+Nothing here edits os.environ: apps are built from explicit Settings
+(`Settings.from_env(TEST_ENV)`), and servers a test starts get
+`process_env`, this machine's environment with TEST_ENV over it.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -15,40 +15,15 @@ import pytest
 import redis
 from psycopg2 import sql
 
-RUN_ID = uuid.uuid4().hex[:12]
-ADMIN_DSN = os.environ.get(
-    "TEST_POSTGRES_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+from shared.settings import Settings
+from tests.support.environment import (
+    ADMIN_DSN,
+    DB_NAME,
+    REDIS_PREFIX,
+    REDIS_URL,
+    TEST_ENV,
+    process_environment,
 )
-DB_NAME = f"conveyor_test_{RUN_ID}"
-PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-REDIS_PREFIX = f"conveyor-test-{RUN_ID}:"
-
-os.environ.update(
-    {
-        "CONVEYOR_ENV": "development",
-        "DATABASE_URL": f"postgresql://postgres@{PG_HOST}:5432/{DB_NAME}",
-        "REDIS_URL": REDIS_URL,
-        "CONVEYOR_REDIS_PREFIX": REDIS_PREFIX,
-        # scrypt at a test-sized cost: the same code path, 16x cheaper than production.
-        "PASSWORD_HASH_METHOD": "scrypt:2048:8:1",
-        "LOGIN_GENERATES_TRANSACTIONS": "false",
-        "RATELIMIT_ENABLED": "false",
-        "AI_PROVIDER": "offline",
-        "LOG_LEVEL": "WARNING",
-    }
-)
-for _name in (
-    "CELERY_BROKER_URL",
-    "CELERY_RESULT_BACKEND",
-    "SECRET_KEY",
-    "AI_API_KEY",
-    "CONVEYOR_ADMIN_USERNAME",
-    "CONVEYOR_ADMIN_PASSWORD",
-):
-    os.environ.pop(_name, None)
-
-from shared.settings import Settings  # noqa: E402
 
 
 def _admin_connection():
@@ -66,7 +41,7 @@ def database_url() -> Iterator[str]:
     with conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
     conn.close()
-    url = os.environ["DATABASE_URL"]
+    url = TEST_ENV["DATABASE_URL"]
     upgrade(url, configure_logging=False)
     yield url
     conn = _admin_connection()
@@ -91,7 +66,13 @@ def redis_client() -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, redis_client: redis.Redis) -> Settings:
-    return Settings.from_env()
+    return Settings.from_env(TEST_ENV)
+
+
+@pytest.fixture(scope="session")
+def process_env(settings: Settings) -> dict[str, str]:
+    """What a subprocess of a test (gunicorn, celery, a script) runs with."""
+    return process_environment()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import dataclasses
 import gzip
 import inspect
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from shared import accounts, jobs
 from shared.settings import ROOT, ConfigError
 from tests.support.accounts import fund, register_and_login
 from tests.support.apps import app_with, unique_name
+from tests.support.environment import process_environment
 from tests.support.polling import wait_for_state
 from tests.support.workers import queue_depth
 
@@ -31,7 +31,7 @@ def test_create_app_refuses_production_without_secret_key(settings):
 
 
 def test_web_process_refuses_to_start_in_production_without_secret_key():
-    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    env = {k: v for k, v in process_environment().items() if k != "SECRET_KEY"}
     env["CONVEYOR_ENV"] = "production"
     started = subprocess.run(
         [sys.executable, "-c", "import api.wsgi"],

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from shared.models import Job
 from tests.support.accounts import PASSWORD
+from tests.support.environment import process_environment
 from tests.support.processes import free_port, running_server
 
 ONE_MIB = 1024 * 1024
@@ -205,7 +206,7 @@ def fuzz_headers(app):
 def gunicorn_server(settings, tmp_path_factory):
     """The production web server (gunicorn, gunicorn.conf.py) on a free loopback port."""
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_THREADS": "2"}
+    env = {**process_environment(), "PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_THREADS": "2"}
     argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "--bind", f"127.0.0.1:{port}", "api.wsgi:app"]  # fmt: skip
     log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"

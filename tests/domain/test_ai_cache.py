@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -23,6 +22,7 @@ from shared.ai.providers import OfflineProvider, OpenAIProvider
 from shared.ai.request import AIRequest
 from tests.fakes import fixtures
 from tests.fakes.openai_server import FakeOpenAIServer, Scripted
+from tests.support.environment import TEST_ENV
 
 # Until a conftest provides it, the fixture is made visible to this module here.
 openai_server = fixtures.openai_server
@@ -35,7 +35,7 @@ RESULT = {"title": "Aqueducts", "cards": [{"title": "A", "bullets": ["x"]}] * 3}
 @pytest.fixture(params=[False, True], ids=["bytes", "str"])
 def ai_redis(request):
     """A client in each response mode, since callers may configure either."""
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    url = TEST_ENV["REDIS_URL"]
     client = redis.Redis.from_url(url, decode_responses=request.param)
     yield client
     client.close()

@@ -10,6 +10,7 @@ import uuid
 
 from shared.cache import Cache
 from shared.settings import ROOT
+from tests.support.environment import process_environment
 
 _CHILD = """
 import sys
@@ -40,6 +41,7 @@ def test_hits_and_misses_add_up_across_processes(resources):
     child = subprocess.run(
         [sys.executable, "-c", _CHILD, namespace, scope],
         cwd=ROOT,
+        env=process_environment(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -14,7 +13,7 @@ from sqlalchemy import text
 
 from shared.db import create_db_engine
 from shared.settings import ROOT, ConfigError, Settings, normalize_database_url
-from tests.conftest import ADMIN_DSN, PG_HOST
+from tests.support.environment import ADMIN_DSN, PG_HOST, process_environment
 
 FORMS = ("postgresql", "postgres", "postgresql+psycopg2")
 
@@ -72,7 +71,7 @@ def test_engine_connects_with_each_form(scheme: str, database_url: str) -> None:
 def test_make_migrate_with_each_form(scheme: str, scratch_database: str) -> None:
     """`python -m scripts.migrate` (what `make migrate` and compose's migrate run)."""
     env = {
-        **os.environ,
+        **process_environment(),
         "DATABASE_URL": f"{scheme}://postgres@{PG_HOST}:5432/{scratch_database}",
     }
     done = subprocess.run(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import pytest
 
 from shared.settings import ROOT
 from tests.fakes.openai_server import FakeOpenAIServer, RecordedRequest, Scripted
+from tests.support.environment import process_environment
 from tests.support.polling import wait_for_state
 from tests.support.processes import running_server
 
@@ -28,7 +28,7 @@ BURST = 300
 
 def _worker_env(settings, upstream: FakeOpenAIServer) -> dict[str, str]:
     return {
-        **os.environ,
+        **process_environment(),
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "CONVEYOR_REDIS_PREFIX": settings.redis_key_prefix,

@@ -23,6 +23,7 @@ from sqlalchemy import select, text
 
 from shared.models import Job, LedgerEntry
 from tests.support.accounts import PASSWORD
+from tests.support.environment import process_environment
 
 VISIBILITY = 4
 # Lease expiry, one restore scan, a fresh worker's start-up and the jobs
@@ -47,7 +48,7 @@ def leased(settings, redis_client, tmp_path: Path):
 
     def start_worker(name: str, concurrency: int = 1) -> subprocess.Popen:
         env = {
-            **os.environ,
+            **process_environment(),
             "CONVEYOR_REDIS_PREFIX": prefix,
             "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY),
             "LOG_LEVEL": "INFO",

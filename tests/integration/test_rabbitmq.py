@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -25,10 +24,10 @@ from shared import jobs, maintenance
 from shared.broker.inflight import broker_in_flight
 from shared.jobs import utcnow
 from shared.models import Job, LedgerEntry
-from tests.conftest import RUN_ID
 from tests.fakes.openai_server import FakeOpenAIServer, Scripted
 from tests.support.accounts import register_and_login
 from tests.support.apps import app_with
+from tests.support.environment import RUN_ID, process_environment
 from tests.support.polling import wait_for_state
 from tests.support.processes import free_port
 from tests.support.rabbitmq import (
@@ -311,7 +310,7 @@ def worker_env(broker_url, upstream) -> dict[str, str]:
     """A worker subprocess's environment: this run's database and Redis, the vhost, the fake AI."""
     upstream.reset()
     return {
-        **os.environ,
+        **process_environment(),
         "CELERY_BROKER_URL": broker_url,
         "AI_PROVIDER": "openai",
         "AI_BASE_URL": upstream.base_url,

@@ -51,8 +51,8 @@ from psycopg2 import sql
 
 from beat_schedule import beat_schedule
 from shared.settings import ROOT
-from tests.conftest import ADMIN_DSN, PG_HOST
 from tests.support.accounts import PASSWORD
+from tests.support.environment import ADMIN_DSN, PG_HOST
 from tests.support.metrics import value
 from tests.support.processes import free_port, running_server
 

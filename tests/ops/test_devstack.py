@@ -27,6 +27,7 @@ from scripts.devstack import (
 )
 from scripts.embedded_redis import EmbeddedRedis, EmbeddedRedisError, pick_port
 from shared.settings import ROOT, Settings
+from tests.support.environment import process_environment
 
 PROCESS_TYPES = ["web", "worker", "worker_ai", "beat", "flower"]
 LONG_RUNNING = {"postgres", "redis", "web", "worker", "worker_ai", "beat", "flower"}
@@ -140,7 +141,7 @@ def test_prometheus_dir_is_created_and_emptied(tmp_path: Path) -> None:
 
 
 def test_foreground_returns_the_child_exit_code() -> None:
-    env = dict(os.environ)
+    env = process_environment()
     assert Foreground().run([sys.executable, "-c", "raise SystemExit(3)"], env) == 3
     killed = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
     assert Foreground().run(killed, env) == 128 + 15
@@ -198,7 +199,7 @@ def test_procfile_pools_and_queues(procfile: dict[str, str]) -> None:
 
 
 def test_flower_refuses_to_start_without_basic_auth(procfile: dict[str, str]) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    env = {k: v for k, v in process_environment().items() if k != "FLOWER_BASIC_AUTH"}
     guard = procfile["flower"].split("&&")[0]
     result = subprocess.run(["sh", "-c", guard], env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "FLOWER_BASIC_AUTH" in result.stderr

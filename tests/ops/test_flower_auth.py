@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-import os
 import sys
 import urllib.error
 import urllib.request
 
 import pytest
 
+from tests.support.environment import process_environment
 from tests.support.processes import free_port, running_server
 
 CREDENTIALS = "ops:flower-test-password"
@@ -32,7 +32,7 @@ def flower(settings, tmp_path_factory):
     port = free_port()
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
             f"--port={port}", "--address=127.0.0.1"]  # fmt: skip
-    env = {**os.environ, "FLOWER_BASIC_AUTH": CREDENTIALS}
+    env = {**process_environment(), "FLOWER_BASIC_AUTH": CREDENTIALS}
     log_path = tmp_path_factory.mktemp("flower") / "flower.log"
     with running_server(argv, env=env, log_path=log_path, port=port):
         yield port

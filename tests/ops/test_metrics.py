@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import urllib.request
@@ -13,6 +12,7 @@ from prometheus_client import REGISTRY, generate_latest
 from api.metrics import QueueDepthCollector
 from shared.broker.depth import RedisQueueDepths
 from shared.settings import ROOT
+from tests.support.environment import process_environment
 from tests.support.metrics import samples, scrape, value
 from tests.support.polling import wait_for_state
 from tests.support.processes import free_port
@@ -133,7 +133,7 @@ def _worker_health(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "scripts.worker_health", *args],
         cwd=ROOT,
-        env=os.environ.copy(),  # the test run's Redis and key prefix
+        env=process_environment(),  # the test run's Redis and key prefix
         capture_output=True,
         text=True,
         timeout=60,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.environment import process_environment
 from tests.support.metrics import value
 from tests.support.processes import free_port, running_server
 
@@ -28,7 +28,7 @@ GUNICORN = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.
 
 
 def _web_env(port: int, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "2", "LOG_LEVEL": "INFO"}
+    env = {**process_environment(), "PORT": str(port), "WEB_CONCURRENCY": "2", "LOG_LEVEL": "INFO"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return {**env, "LOG_FORMAT": "json", **extra}
 

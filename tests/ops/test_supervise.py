@@ -19,6 +19,7 @@ from honcho.environ import parse_procfile
 from scripts.devstack import supervised_procfile
 from scripts.supervise import Backoff, describe_exit
 from shared.settings import ROOT
+from tests.support.environment import process_environment
 from tests.support.processes import running_server
 
 RESTART_LINE = re.compile(r"supervise\[(\w+)\]: (.+) after [\d.]+s; restart #(\d+) in ([\d.]+)s")
@@ -66,7 +67,7 @@ def test_a_command_killed_with_sigkill_comes_back(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     log = tmp_path / "supervise.log"
     argv = _supervise(f"echo $$ >> {pids}; exec sleep 600")
-    with running_server(argv, env=os.environ, log_path=log) as supervisor:
+    with running_server(argv, env=process_environment(), log_path=log) as supervisor:
         _wait(lambda: len(_lines(pids)) == 1, 30, "the first start")
         first = int(_lines(pids)[0])
         os.kill(first, signal.SIGKILL)
@@ -83,7 +84,7 @@ def test_sigterm_stops_the_command_its_group_and_the_supervisor(tmp_path: Path) 
     log = tmp_path / "supervise.log"
     # A background grandchild shares the command's process group; both must go.
     argv = _supervise(f"sleep 600 & echo $! >> {pids}; echo $$ >> {pids}; exec sleep 600")
-    with running_server(argv, env=os.environ, log_path=log) as supervisor:
+    with running_server(argv, env=process_environment(), log_path=log) as supervisor:
         _wait(lambda: len(_lines(pids)) == 2, 30, "the command starting")
         grandchild, child = (int(pid) for pid in _lines(pids))
         supervisor.send_signal(signal.SIGTERM)
@@ -99,7 +100,7 @@ def test_a_command_ignoring_sigterm_is_killed_after_the_stop_timeout(tmp_path: P
     argv = _supervise(
         f"trap '' TERM; echo $$ >> {pids}; while :; do sleep 0.1; done", "--stop-timeout", "0.5"
     )
-    with running_server(argv, env=os.environ, log_path=log) as supervisor:
+    with running_server(argv, env=process_environment(), log_path=log) as supervisor:
         _wait(lambda: len(_lines(pids)) == 1, 30, "the command starting")
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(timeout=15)
@@ -115,7 +116,7 @@ def test_backoff_grows_while_the_command_keeps_crashing(tmp_path: Path) -> None:
         f"{shlex.quote(sys.executable)} -c 'import time; print(time.time())' >> {starts}; exit 3"
     )
     argv = _supervise(command, "--initial-delay", "0.2", "--max-delay", "0.8")
-    with running_server(argv, env=os.environ, log_path=log) as supervisor:
+    with running_server(argv, env=process_environment(), log_path=log) as supervisor:
         _wait(lambda: len(RESTART_LINE.findall(log.read_text())) >= 5, 60, "five restarts")
         assert supervisor.poll() is None
     restarts = RESTART_LINE.findall(log.read_text())[:5]
@@ -158,7 +159,7 @@ def test_honcho_running_the_generated_procfile_restarts_only_the_dead_process(
     )
     argv = [sys.executable, "-m", "honcho", "start", "-f", str(procfile), "-e", os.devnull]
     log = tmp_path / "honcho.log"
-    with running_server(argv, env=os.environ, log_path=log) as honcho:
+    with running_server(argv, env=process_environment(), log_path=log) as honcho:
         _wait(lambda: _lines(a_pids) and _lines(b_pids), 30, "both processes starting")
         os.kill(int(_lines(b_pids)[0]), signal.SIGKILL)
         _wait(lambda: len(_lines(b_pids)) == 2, 30, "b restarting")
@@ -175,7 +176,7 @@ def test_honcho_running_the_generated_procfile_restarts_only_the_dead_process(
 def test_other_stop_signals_stop_the_supervisor(tmp_path: Path, signum: int) -> None:
     pids = tmp_path / "pids"
     argv = _supervise(f"echo $$ >> {pids}; exec sleep 600")
-    with running_server(argv, env=os.environ, log_path=tmp_path / "log") as supervisor:
+    with running_server(argv, env=process_environment(), log_path=tmp_path / "log") as supervisor:
         _wait(lambda: _lines(pids), 30, "the command starting")
         supervisor.send_signal(signum)
         supervisor.wait(timeout=15)

@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from shared.models import Job, LedgerEntry
 from tests.support.accounts import PASSWORD
+from tests.support.environment import process_environment
 from tests.support.processes import running_server
 
 BOUND = 90.0
@@ -74,7 +75,7 @@ def test_worker_whose_pool_child_dies_at_start_is_restarted_and_runs_the_queue(
         sys.executable, "-m", "scripts.supervise", "--name", "worker",
         "--initial-delay", "0.5", "--", worker_line,
     ]  # fmt: skip
-    env = {**os.environ, "CONVEYOR_REDIS_PREFIX": prefix, "LOG_LEVEL": "INFO"}
+    env = {**process_environment(), "CONVEYOR_REDIS_PREFIX": prefix, "LOG_LEVEL": "INFO"}
     log_path = tmp_path / "worker.log"
     try:
         with running_server(argv, env=env, log_path=log_path) as supervisor:

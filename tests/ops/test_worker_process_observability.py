@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.environment import process_environment
 from tests.support.metrics import value
 from tests.support.processes import free_port, running_server
 
@@ -24,7 +24,7 @@ def prefork_worker(settings, tmp_path: Path):
     port = free_port()
     log_path = tmp_path / "worker.log"
     env = {
-        **os.environ,
+        **process_environment(),
         "WORKER_METRICS_PORT": str(port),
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",

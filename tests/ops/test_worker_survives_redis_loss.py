@@ -11,7 +11,6 @@ the shape in which kombu 5.7.0 killed the worker with `AttributeError:
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from sqlalchemy import select
 
 from shared.models import Job, LedgerEntry
 from tests.support.accounts import PASSWORD
+from tests.support.environment import process_environment
 from tests.support.processes import free_port, running_server
 
 # Short leases, so the messages the dead connection held come back in seconds.
@@ -113,7 +113,7 @@ def stack(settings, private_redis: PrivateRedis, tmp_path: Path):
     producer = create_celery_app(private)
     log_path = tmp_path / "worker.log"
     env = {
-        **os.environ,
+        **process_environment(),
         "REDIS_URL": private_redis.url,
         "CONVEYOR_REDIS_PREFIX": prefix,
         "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY),
