@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 from sqlalchemy import delete, select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import true as sa_true
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared import jobs
 from shared.broker.inflight import InFlight
@@ -98,6 +99,9 @@ def redispatch_lost(
     publish: Publish,
     *,
     older_than_seconds: int,
+    max_redispatches: int | None = None,
+    statuses: jobs.StatusStore | None = None,
+    notifications: Notifications | None = None,
     limit: int = 500,
     now: datetime | None = None,
 ) -> list[str]:
@@ -106,8 +110,12 @@ def redispatch_lost(
     Such a job was accepted but its message never reached the broker or was
     lost (a Redis restart without AOF, a flushed or purged queue). The same
     task id is reused, and the job claim makes a duplicate delivery a no-op.
-    Returns the job ids. A broker that does not answer raises
-    BrokerUnavailable (or redis.RedisError) and nothing is published.
+    A job already re-published `max_redispatches` times is not published
+    again: it fails with code `lost` (and its owner is notified when
+    `statuses` and `notifications` are given), so a message that keeps
+    vanishing cannot loop forever. Returns the re-published job ids. A broker
+    that does not answer raises BrokerUnavailable (or redis.RedisError) and
+    nothing is published.
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=older_than_seconds)
@@ -127,19 +135,55 @@ def redispatch_lost(
             continue  # waiting in a backlog, or held by a worker: not lost
         # Stamping updated_at claims the job for this sweep: a concurrent sweep's
         # identical UPDATE then matches nothing, so the job is published once.
+        unexhausted = (
+            Job.redispatches < max_redispatches if max_redispatches is not None else sa_true()
+        )
+        given_up = None
         with sessions.begin() as session:
             claimed = session.execute(
                 update(Job)
-                .where(Job.id == row.id, Job.state == "PENDING", Job.updated_at < cutoff)
-                .values(updated_at=now, message="re-dispatched: its broker message was lost")
+                .where(
+                    Job.id == row.id, Job.state == "PENDING", Job.updated_at < cutoff, unexhausted
+                )
+                .values(
+                    updated_at=now,
+                    redispatches=Job.redispatches + 1,
+                    message="re-dispatched: its broker message was lost",
+                )
                 .returning(Job.id)
             ).first()
+            if claimed is None and max_redispatches is not None:
+                given_up = _fail_lost(session, row.id, cutoff, max_redispatches)
+        if given_up is not None and statuses is not None and notifications is not None:
+            announce_outcome(statuses, notifications, *given_up)
         if claimed is not None:
             publish(row.kind, str(row.id), row.queue)
             redispatched.append(str(row.id))
     if redispatched:
         log.warning("re-dispatched %d lost jobs", len(redispatched))
     return redispatched
+
+
+def _fail_lost(
+    session: Session, job_id: uuid.UUID, cutoff: datetime, max_redispatches: int
+) -> tuple[int, dict, str] | None:
+    """FAILURE `lost` for a job re-published `max_redispatches` times; (owner, status, message)."""
+    still_lost = session.execute(
+        select(Job.owner_id)
+        .where(
+            Job.id == job_id,
+            Job.state == "PENDING",
+            Job.updated_at < cutoff,
+            Job.redispatches >= max_redispatches,
+        )
+        .with_for_update()
+    ).first()
+    if still_lost is None:
+        return None  # claimed by a worker or by another sweep meanwhile
+    message = f"its broker message was lost {max_redispatches + 1} times; giving up"
+    status = jobs.finish(session, job_id, state="FAILURE", error=JobError("lost", message))
+    log.error("job %s failed: %s", job_id, message)
+    return None if status is None else (still_lost.owner_id, status, message)
 
 
 @dataclass

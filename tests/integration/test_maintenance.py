@@ -100,6 +100,50 @@ def test_redispatch_sweep_recovers_a_job_whose_message_was_deleted(
     assert done.result["balance"] in (250, 290)
 
 
+def test_a_job_whose_message_keeps_vanishing_is_redispatched_a_bounded_number_of_times(
+    celery_app, resources, redis_client, make_user
+):
+    user_id, _ = make_user("vanishing")
+    prefix = resources.settings.redis_key_prefix
+    job_id = _job(resources, user_id, "ledger.transaction", {"type": "credit", "amount": 9})
+    sent: list[str] = []
+
+    def publish_then_lose(kind: str, task_id: str, queue_name: str) -> None:
+        sent.append(task_id)  # published, and then lost again before any worker saw it
+
+    def sweep() -> list[str]:
+        with resources.sessions.begin() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == uuid.UUID(job_id))
+                .values(updated_at=utcnow() - LONG_AGO)
+            )
+        return maintenance.redispatch_lost(
+            resources.sessions,
+            RedisInFlight(redis_client, prefix),
+            publish_then_lose,
+            older_than_seconds=3600,
+            max_redispatches=2,
+            statuses=resources.statuses,
+            notifications=resources.notifications,
+        )
+
+    assert job_id not in broker_task_ids(redis_client, prefix, ["ledger"])  # never published
+    assert sweep() == [job_id]
+    assert sweep() == [job_id]
+    assert sweep() == []  # the third loss: no third publish...
+    assert sent == [job_id, job_id]
+    row = _row(resources, job_id)
+    assert (row.state, row.error_code, row.redispatches) == ("FAILURE", "lost", 2)
+    # ...and its owner hears about it, like any failed job.
+    status = resources.statuses.read(job_id, user_id)
+    assert status["state"] == "FAILURE" and status["error"]["code"] == "lost"
+    notes = resources.notifications.recent(user_id)
+    assert [n["type"] for n in notes if n["task_id"] == job_id] == ["job.failed"]
+    assert sweep() == []  # a finished job is never looked at again
+    assert sent == [job_id, job_id]
+
+
 def test_reaper_fails_stuck_jobs_and_reruns_idempotent_ones(celery_app, resources, make_user):
     user_id, _ = make_user("stuck")
     stale = {"state": "STARTED", "attempts": 1, "updated_at": utcnow() - LONG_AGO}

@@ -58,6 +58,9 @@ def redispatch_lost(self: Task) -> dict:
             in_flight,
             republish(self.app),
             older_than_seconds=res.settings.redispatch_after_seconds,
+            max_redispatches=res.settings.stuck_max_redispatches,
+            statuses=res.statuses,
+            notifications=res.notifications,
         )
     finally:
         in_flight.close()
