@@ -10,6 +10,22 @@ from shared.settings import VAR_DIR, Settings, normalize_database_url
 # PostgreSQL aborts any statement running longer than this, so a runaway query
 # cannot hold a pooled connection (and its locks) forever.
 STATEMENT_TIMEOUT_MS = 30_000
+# A session left idle inside a transaction (its client vanished with the
+# wallet's row lock held: a worker host cut off between INSERT and COMMIT) is
+# ended after this long, so the lock is freed for the other workers. TCP
+# keepalives let the server notice a silent peer in about 25 s instead of
+# the kernel's default two hours.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
+SESSION_OPTIONS = " ".join(
+    f"-c {name}={value}"
+    for name, value in (
+        ("statement_timeout", STATEMENT_TIMEOUT_MS),
+        ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT_MS),
+        ("tcp_keepalives_idle", 10),
+        ("tcp_keepalives_interval", 5),
+        ("tcp_keepalives_count", 3),
+    )
+)
 
 
 def create_db_engine(settings: Settings, *, url: str | None = None, **overrides) -> Engine:
@@ -26,7 +42,7 @@ def create_db_engine(settings: Settings, *, url: str | None = None, **overrides)
         "pool_recycle": 3600,  # below common server/proxy idle cut-offs
         "pool_timeout": 30,
         "pool_pre_ping": True,  # a connection dropped by a restart is replaced, not raised
-        "connect_args": {"options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"},
+        "connect_args": {"options": SESSION_OPTIONS},
     }
     options.update(overrides)
     return create_engine(url, **options)

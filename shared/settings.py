@@ -156,9 +156,21 @@ class Settings:
 
     # Housekeeping (beat): when a PENDING job counts as lost, and the slack
     # past a task's hard time limit before a STARTED job counts as stuck.
-    redispatch_after_seconds: int = _env("REDISPATCH_AFTER_SECONDS", default=300)
+    # 60 s: kombu's BRPOP takes a message off its list before the worker records
+    # it as unacked, so a worker killed in between loses it from Redis; the sweep
+    # (every minute) is what brings such a job back, within two minutes.
+    redispatch_after_seconds: int = _env("REDISPATCH_AFTER_SECONDS", default=60)
     stuck_grace_seconds: int = _env("STUCK_GRACE_SECONDS", default=60)
     stuck_max_redispatches: int = _env("STUCK_MAX_REDISPATCHES", default=3)
+
+    # Webhooks: outgoing deliveries (shared/webhooks.py). Private, loopback and
+    # link-local targets are refused unless allowed (development and tests).
+    webhook_allow_private_urls: bool = _env("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
+    webhook_timeout_seconds: float = _env("WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+    # Back-off: base * 2**(attempt-1), capped; retried until the window has passed.
+    webhook_retry_base_seconds: float = _env("WEBHOOK_RETRY_BASE_SECONDS", default=5.0)
+    webhook_retry_max_seconds: float = _env("WEBHOOK_RETRY_MAX_SECONDS", default=3600.0)
+    webhook_retry_window_seconds: int = _env("WEBHOOK_RETRY_WINDOW_SECONDS", default=24 * 3600)
 
     # Observability
     log_level: str = _env("LOG_LEVEL", default="INFO")

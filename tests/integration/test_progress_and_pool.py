@@ -29,9 +29,38 @@ def test_random_batch_reports_rising_progress(client, make_user, worker, monkeyp
     assert mine == [10, 20, 30, 40, 50, 60, 70, 80, 90]
 
 
-def test_pooled_connections_carry_a_30s_statement_timeout(resources):
+def test_pooled_connections_carry_the_session_timeouts_and_keepalives(resources):
     with resources.engine.connect() as conn:
         assert conn.execute(text("SHOW statement_timeout")).scalar() == "30s"
-    pool = resources.engine.pool
-    assert (pool.size(), pool._max_overflow, pool._recycle, pool._timeout) == (10, 20, 3600, 30)
-    assert pool._pre_ping is True
+        assert conn.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "30s"
+        assert conn.execute(text("SHOW tcp_keepalives_idle")).scalar() == "10"
+
+
+def test_a_session_idle_in_a_transaction_is_ended_and_its_locks_freed(resources, make_user):
+    """A worker host cut off mid-transaction must not hold a wallet's lock for hours."""
+    import psycopg2
+    from sqlalchemy.exc import OperationalError
+
+    from shared.db import create_db_engine
+
+    user_id, _ = make_user("idle_tx")
+    # A short timeout for this engine only; the mechanism is the same as production's 30 s.
+    engine = create_db_engine(
+        resources.settings,
+        connect_args={
+            "options": "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=1000"
+        },
+    )
+    stranded = engine.connect()
+    stranded.execute(text("BEGIN"))
+    stranded.execute(text("SELECT 1 FROM wallets WHERE user_id = :u FOR UPDATE"), {"u": user_id})
+    # The client goes silent holding the lock; another session waits for it and
+    # gets it once the server ends the idle transaction (without that, the wait
+    # would run into its own 30 s statement timeout and raise).
+    with resources.engine.connect() as other:
+        other.execute(text("SELECT 1 FROM wallets WHERE user_id = :u FOR UPDATE"), {"u": user_id})
+        other.rollback()
+    with pytest.raises((OperationalError, psycopg2.Error)):
+        stranded.execute(text("SELECT 1"))
+    stranded.close()
+    engine.dispose()

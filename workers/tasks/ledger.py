@@ -14,8 +14,10 @@ from workers.job_run import JobRun, run_job
 LEDGER_RETRY = {
     "autoretry_for": (OperationalError,),
     "retry_backoff": True,
-    "retry_backoff_max": 60,
-    "max_retries": 5,
+    "retry_backoff_max": 30,
+    "retry_backoff_jitter": False,
+    # 1+2+4+8+16+30+30+30 s: a database restart of up to two minutes is waited out.
+    "max_retries": 8,
 }
 
 
