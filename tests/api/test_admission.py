@@ -11,6 +11,8 @@ from shared.broker.depth import RedisQueueDepths
 from shared.models import Job
 from tests.support.accounts import register_and_login
 from tests.support.apps import app_with, unique_name
+from tests.support.workers import running_worker
+from workers.factory import create_celery_app
 
 CREDIT = {"type": "credit", "amount": 100}
 
@@ -67,11 +69,26 @@ def test_inflight_cap_answers_429_and_frees_up_when_a_job_finishes(
         _, other = register_and_login(client, unique_name())
         assert client.post("/api/v1/transactions", json=CREDIT, headers=other).status_code == 202
 
-        # A finished (here: cancelled) job frees a slot.
+        # A cancelled job frees a slot...
         task_id = first.get_json()["task_id"]
         assert client.delete(f"/api/v1/tasks/{task_id}", headers=headers).status_code == 202
         assert client.post("/api/v1/transactions", json=CREDIT, headers=headers).status_code == 202
         assert _unfinished(resources, user_id) == 3
+        refused = client.post("/api/v1/transactions", json=CREDIT, headers=headers)
+        assert refused.status_code == 429
+
+        # ...and so do jobs that succeed: a worker on this app's own queues runs them.
+        worker_app = create_celery_app(app.extensions["conveyor"].settings)
+        with running_worker(worker_app, queues="ledger"):
+            deadline = time.monotonic() + 30
+            while _unfinished(resources, user_id) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert _unfinished(resources, user_id) == 0
+        with resources.sessions() as session:
+            states = session.scalars(select(Job.state).where(Job.owner_id == user_id)).all()
+        assert sorted(states) == ["REVOKED", "SUCCESS", "SUCCESS", "SUCCESS"]
+        assert client.post("/api/v1/transactions", json=CREDIT, headers=headers).status_code == 202
+        worker_app.close()
 
 
 def test_create_job_counts_in_the_same_statement(resources, make_user):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import inspect
 import json
 import subprocess
 import sys
@@ -12,7 +11,6 @@ import time
 import uuid
 
 import pytest
-import werkzeug.security
 
 from shared import accounts, jobs
 from shared.settings import ROOT, ConfigError
@@ -115,17 +113,21 @@ def test_expired_token_is_401(client, resources):
     assert response.get_json()["error"]["code"] == "invalid_token"
 
 
-def test_password_checks_are_constant_time(monkeypatch):
-    # werkzeug compares the derived key with hmac.compare_digest ...
-    assert "compare_digest" in inspect.getsource(werkzeug.security.check_password_hash)
-    # ... and an unknown user costs the same KDF run (against a decoy hash).
+def test_an_unknown_user_costs_the_same_kdf_run_as_a_known_one(monkeypatch):
+    # No timing measured (a shared machine is too noisy): the same work is done,
+    # one scrypt verification of the same cost, whether the user exists or not.
     hasher = accounts.PasswordHasher("scrypt:2048:8:1")
+    known = hasher.hash("correct-password")
     calls = []
     real = accounts.check_password_hash
     monkeypatch.setattr(accounts, "check_password_hash", lambda h, p: calls.append(h) or real(h, p))
+    assert hasher.verify(known, "wrong-password") is False
     assert hasher.verify(None, "whatever-password") is False
     assert hasher.verify(None, "decoy-password") is False  # the decoy never authenticates
-    assert len(calls) == 2 and all(h.startswith("scrypt:") for h in calls)
+    assert hasher.verify(known, "correct-password") is True
+    assert len(calls) == 4
+    # Every check ran the same KDF with the same parameters.
+    assert {h.split("$", 1)[0] for h in calls} == {"scrypt:2048:8:1"}
 
 
 def test_no_passwords_or_tokens_in_logs(client, caplog):

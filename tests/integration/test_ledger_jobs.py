@@ -102,7 +102,8 @@ def test_random_batch_posts_count_entries_never_overdrawing(client, make_user, r
         )
         assert ledger.ledger_sum(session, user_id) == done["result"]["balance"]
     assert posted == 10
-    assert client.get("/api/v1/wallet", headers=headers).get_json()["balance"] >= 0
+    wallet = client.get("/api/v1/wallet", headers=headers).get_json()["balance"]
+    assert wallet == done["result"]["balance"] >= 0
 
 
 def test_random_batch_without_count_picks_one_to_ten(client, make_user, worker):
