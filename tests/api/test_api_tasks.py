@@ -126,3 +126,33 @@ def test_notifications_require_ids_or_all(client, make_user):
         assert response.status_code == 422, body
     ok = client.post("/api/v1/notifications/read", json={"all": True}, headers=headers)
     assert ok.get_json() == {"updated": 0}
+
+
+def test_a_live_document_silent_for_a_minute_is_confirmed_against_the_row(
+    client, make_user, resources
+):
+    """A worker's last Redis write may be lost: after 60 s unchanged, the row answers."""
+    from datetime import timedelta
+
+    from shared import jobs
+
+    user_id, headers = make_user("stale")
+    task_id = client.post(
+        "/api/v1/transactions", json={"type": "credit", "amount": 3}, headers=headers
+    ).get_json()["task_id"]
+    with resources.sessions.begin() as session:
+        job_id = jobs.parse_job_id(task_id)
+        jobs.claim(session, job_id)
+        jobs.finish(session, job_id, state="SUCCESS", result={"balance": 3})
+    # The worker's STARTED write landed; its SUCCESS write was lost.
+    live = {**client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()}
+    live.update(state="STARTED", progress=0, result=None)
+    recent = {**live, "updated_at": jobs.isoformat(jobs.utcnow() - timedelta(seconds=5))}
+    resources.redis.delete(resources.keys.job_status(task_id))
+    assert resources.statuses.write(user_id, recent)
+    # Fresh enough: the live document is the answer (one Redis read per poll).
+    assert client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()["state"] == "STARTED"
+    stale = {**live, "updated_at": jobs.isoformat(jobs.utcnow() - timedelta(seconds=61))}
+    assert resources.statuses.write(user_id, stale)
+    confirmed = client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()
+    assert confirmed["state"] == "SUCCESS" and confirmed["result"] == {"balance": 3}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -101,3 +102,47 @@ def test_wallet_is_read_from_the_database_when_redis_is_down(app_without_redis, 
     response = app_without_redis.test_client().get("/api/v1/wallet", headers=headers)
     assert response.status_code == 200
     assert response.get_json() == {"balance": 4_200, "currency": "USD", "from_cache": False}
+
+
+def test_a_retry_with_the_same_key_after_a_broker_outage_starts_clean(
+    app_without_broker, app, resources
+):
+    """The 503 left no job behind, so the key is free: the retry is a new job, not a replay."""
+    outage = app_without_broker.test_client()
+    user_id, headers = register_and_login(outage, f"retry_{uuid.uuid4().hex[:10]}")
+    keyed = {**headers, "Idempotency-Key": "after-the-outage"}
+    body = {"type": "credit", "amount": 5}
+    assert outage.post("/api/v1/transactions", json=body, headers=keyed).status_code == 503
+    # The broker is back (the same database, a working broker).
+    retry = app.test_client().post("/api/v1/transactions", json=body, headers=keyed)
+    assert retry.status_code == 202
+    assert "Idempotent-Replayed" not in retry.headers
+    with resources.sessions() as session:
+        rows = session.scalars(select(Job.state).where(Job.owner_id == user_id)).all()
+    assert rows == ["PENDING"]
+
+
+def test_login_with_the_broker_down_logs_in_without_its_job(settings, resources):
+    from api import create_app
+
+    down = create_app(
+        dataclasses.replace(
+            settings, celery_broker_url=DEAD_REDIS, login_generates_transactions=True
+        )
+    )
+    try:
+        client = down.test_client()
+        user_id, _ = register_and_login(client, f"login_nobroker_{id(client)}")
+        login = client.post(
+            "/api/v1/auth/login",
+            json={"username": f"login_nobroker_{id(client)}", "password": "correct horse battery"},
+        )
+        assert login.status_code == 200
+        assert login.get_json()["access_token"] and login.get_json()["task_id"] is None
+        with resources.sessions() as session:
+            count = session.scalar(
+                select(func.count()).select_from(Job).where(Job.owner_id == user_id)
+            )
+        assert count == 0  # the demo job's row was removed with its failed publish
+    finally:
+        down.extensions["conveyor"].close()

@@ -124,3 +124,64 @@ def test_finished_jobs_cannot_be_cancelled(client, make_user, celery_app):
     response = client.delete(f"/api/v1/tasks/{task_id}", headers=headers)
     assert response.status_code == 409
     assert response.get_json()["error"]["details"] == {"state": "SUCCESS"}
+
+
+def test_a_half_posted_random_batch_resumes_after_redelivery(stack):
+    """A worker died after posting part of a batch: the next delivery posts only the rest."""
+    from shared import ledger
+
+    user_id, headers = register_and_login(stack.client, f"half_{uuid.uuid4().hex[:8]}")
+    fund(stack.resources, user_id, 5_000)
+    task_id = stack.client.post(
+        "/api/v1/transactions/random", json={"count": 6}, headers=headers
+    ).get_json()["task_id"]
+    job_id = jobs.parse_job_id(task_id)
+    plan = ledger.plan_random_batch(job_id, 6)
+    # The first attempt: claimed, three entries committed, then the worker was lost.
+    with stack.resources.sessions.begin() as session:
+        jobs.claim(session, job_id)
+    first_three = []
+    for seq, planned in enumerate(plan[:3]):
+        with stack.resources.sessions.begin() as session:
+            posting = ledger.post_random_entry(
+                session, user_id=user_id, job_id=job_id, seq=seq, planned=planned
+            )
+        first_three.append(posting.entry_id)
+    # Its message comes back (here it never left the queue) and a worker takes it.
+    stack.start_worker("resume")
+    done = wait_for_state(stack.client, headers, task_id)
+    assert done["state"] == "SUCCESS" and done["result"]["count"] == 6
+    assert done["result"]["transaction_ids"][:3] == first_three  # recognised, not re-posted
+    assert _entries_for(stack.resources, task_id) == 6
+    with stack.resources.sessions() as session:
+        assert ledger.ledger_sum(session, user_id) == done["result"]["balance"]
+    assert _row(stack.resources, task_id).attempts == 2
+
+
+def test_workers_go_on_while_the_status_redis_is_down(settings, redis_client, tmp_path):
+    """Broker and status on different servers; the status one is down: jobs still complete."""
+    dead = "redis://127.0.0.1:1/0"
+    with private_stack(
+        settings,
+        redis_client,
+        tmp_path,
+        celery_broker_url=settings.redis_url,
+        celery_result_backend=settings.redis_url,
+        # Login's brute-force limit fails closed without its store: keep that one up.
+        ratelimit_storage_url=settings.redis_url,
+        redis_url=dead,
+    ) as split:
+        _, headers = register_and_login(split.client, f"split_{uuid.uuid4().hex[:8]}")
+        accepted = split.client.post(
+            "/api/v1/transactions", json={"type": "credit", "amount": 42}, headers=headers
+        )
+        assert accepted.status_code == 202  # the broker is up; status Redis is not needed
+        task_id = accepted.get_json()["task_id"]
+        split.start_worker("split")
+        _until(lambda: split.deliveries(task_id, "succeeded") == 1, "the job run")
+        # Polls fall back to the row; the posting is there.
+        done = wait_for_state(split.client, headers, task_id)
+        assert done["state"] == "SUCCESS" and done["result"]["balance"] == 42
+        assert _entries_for(split.resources, task_id) == 1
+        logs = (tmp_path / "split.log").read_text()
+        assert "not published: Redis unavailable" in logs  # it said what it could not do
