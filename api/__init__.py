@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for `settings` (default: read from the environment once)."""
-    from api.routes import ai, auth, cache, ledger, notifications, ops, system, tasks
+    from api.routes import ai, auth, cache, ledger, notifications, ops, system, tasks, webhooks
 
     settings = settings or Settings.from_env()
     # Settings built in code skip from_env; production must still refuse an
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp, system.bp, cache.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(ai.bp)
+    app.register_blueprint(webhooks.bp)
     app.register_blueprint(openapi.bp)
     init_hardening(app, settings)
     # Last: it applies the limits views declared, so every blueprint must be in.

@@ -1,4 +1,4 @@
-"""Typed ORM models: users, wallets, ledger entries and job records."""
+"""Typed ORM models: users, wallets, ledger entries, job records and webhooks."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     String,
+    Text,
     UniqueConstraint,
     Uuid,
     text,
@@ -120,3 +121,69 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookEndpoint(Base):
+    """A user's completion webhook: where to POST, for which events, signed with what."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_owner_created", "owner_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list] = mapped_column(JSONType)
+    # The signing key itself (whsec_<base64>): deliveries need it to sign, so
+    # it cannot be stored as a one-way hash the way a password is.
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint; its id is the `webhook-id` every attempt carries."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # A job's outcome is delivered to an endpoint once, however often it is announced.
+        UniqueConstraint("endpoint_id", "task_id", "event", name="uq_webhook_deliveries_event"),
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        CheckConstraint(
+            "state IN ('pending', 'succeeded', 'failed')", name="ck_webhook_deliveries_state"
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    event: Mapped[str] = mapped_column(String(32))
+    # No foreign key: the delivery log outlives the job record's expiry.
+    task_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    # The exact body every attempt sends (and signs), byte for byte.
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(SmallInteger, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An attempt in progress holds the delivery until then; a second copy of
+    # the message (redelivery) finds it held and does nothing.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: the delivery log."""
+
+    __tablename__ = "webhook_attempts"
+
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(255))
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[int] = mapped_column(Integer)

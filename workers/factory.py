@@ -23,6 +23,7 @@ TASK_MODULES = [
     "workers.tasks.cache",
     "workers.tasks.maintenance",
     "workers.tasks.ai",
+    "workers.tasks.webhooks",
 ]
 
 

@@ -19,6 +19,7 @@ from shared.jobs import status as job_status
 from shared.jobs.lifecycle import announce_outcome
 from shared.resources import Resources
 from workers.runtime import resources
+from workers.tasks.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,12 @@ class JobRun:
 
     def _announce(self, status: dict[str, Any], message: str) -> None:
         announce_outcome(
-            self.res.statuses, self.res.notifications, self.job.owner_id, status, message
+            self.res.statuses,
+            self.res.notifications,
+            self.job.owner_id,
+            status,
+            message,
+            webhooks=webhook_outbox(self.task.app),
         )
         self.status = status
 

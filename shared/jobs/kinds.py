@@ -56,14 +56,18 @@ KINDS: dict[str, JobKind] = {
 }
 
 KIND_QUEUES: dict[str, str] = {name: kind.queue for name, kind in KINDS.items()}
-QUEUES: tuple[str, ...] = ("ledger", "ai", "maintenance")
+# Completion webhooks (workers/tasks/webhooks.py) are not jobs: no job row, no
+# kind. Their own queue keeps a slow receiver from delaying anyone's jobs.
+WEBHOOK_QUEUE = "webhooks"
+QUEUES: tuple[str, ...] = ("ledger", "ai", "maintenance", WEBHOOK_QUEUE)
 
 
 def task_routes() -> dict[str, dict[str, str]]:
-    """Celery's task_routes: each job kind to its queue, housekeeping to maintenance."""
+    """Celery's task_routes: each kind to its queue, housekeeping to maintenance, webhooks apart."""
     routes = {name: {"queue": kind.queue} for name, kind in KINDS.items()}
     for pattern in ("cache.*", "maintenance.*", "system.*"):
         routes[pattern] = {"queue": "maintenance"}
+    routes["webhooks.*"] = {"queue": WEBHOOK_QUEUE}
     return routes
 
 

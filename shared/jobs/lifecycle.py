@@ -9,12 +9,15 @@ raised, because the row already holds the outcome.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from shared.jobs.status import StatusStore, publish
 from shared.notifications import Notifications
+
+if TYPE_CHECKING:
+    from shared.webhooks import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +30,13 @@ def announce_outcome(
     owner_id: int,
     status: dict[str, Any],
     message: str,
+    *,
+    webhooks: WebhookOutbox | None = None,
 ) -> None:
-    """Publish a finished job's document, then notify its owner (`message` is the body)."""
+    """Publish a finished job's document, notify its owner (`message`), queue its webhooks."""
     publish(statuses, owner_id, status)
+    if webhooks is not None:
+        _queue_webhooks(webhooks, owner_id, status)
     outcome = _OUTCOMES.get(status["state"])
     if outcome is None:
         return  # REVOKED: the owner cancelled it and needs no notification
@@ -44,3 +51,12 @@ def announce_outcome(
         )
     except redis.RedisError:
         log.warning("notification for job %s not written: Redis unavailable", status["task_id"])
+
+
+def _queue_webhooks(webhooks: WebhookOutbox, owner_id: int, status: dict[str, Any]) -> None:
+    # Called after the job's own commit: a webhook never holds up or undoes a
+    # job. A failure here is logged, not raised, like the notification's.
+    try:
+        webhooks.job_finished(owner_id, status)
+    except Exception:
+        log.exception("webhooks for job %s not queued", status.get("task_id"))

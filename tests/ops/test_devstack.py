@@ -179,7 +179,7 @@ def test_procfile_pools_and_queues(procfile: dict[str, str]) -> None:
     worker = shlex.split(procfile["worker"])
     assert worker[worker.index("celery") :][:4] == ["celery", "-A", "workers.app", "worker"]
     assert option(worker, "-P") == "prefork"
-    assert option(worker, "-Q") == "ledger,maintenance"
+    assert option(worker, "-Q") == "ledger,maintenance,webhooks"
 
     worker_ai = shlex.split(procfile["worker_ai"])
     assert option(worker_ai, "-A") == "workers.app" and "worker" in worker_ai
@@ -288,7 +288,10 @@ def test_compose_is_production_and_requires_its_secrets(compose: dict) -> None:
 def test_compose_worker_pools_match_the_procfile(compose: dict) -> None:
     worker = compose["services"]["worker"]["command"]
     worker_ai = compose["services"]["worker_ai"]["command"]
-    assert (option(worker, "-P"), option(worker, "-Q")) == ("prefork", "ledger,maintenance")
+    assert (option(worker, "-P"), option(worker, "-Q")) == (
+        "prefork",
+        "ledger,maintenance,webhooks",
+    )
     assert (option(worker_ai, "-P"), option(worker_ai, "-Q")) == ("gevent", "ai")
 
 

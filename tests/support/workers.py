@@ -8,10 +8,12 @@ from typing import Any
 
 from celery.contrib.testing.worker import start_worker
 
+from shared.jobs.kinds import QUEUES
+
 
 @contextmanager
 def running_worker(
-    celery_app, *, concurrency: int = 8, queues: str = "ledger,ai,maintenance"
+    celery_app, *, concurrency: int = 8, queues: str = ",".join(QUEUES)
 ) -> Iterator[Any]:
     """A real worker in this process (thread pool), stopped on exit."""
     from workers import runtime
