@@ -130,3 +130,23 @@ def make_user(client):
         return register_and_login(client, f"{prefix}_{uuid.uuid4().hex[:10]}")
 
     return factory
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_jobs_left_on_shared_queues(redis_client: redis.Redis) -> Iterator[None]:
+    """Each module starts and ends with this run's broker queues empty.
+
+    Tests that submit without a worker leave messages behind; without this a
+    later module's worker would run them, and results would depend on order.
+    Torn down after the module's own worker fixtures (autouse comes first).
+    """
+    from shared.broker import keys
+    from shared.jobs.kinds import QUEUES
+
+    def clear() -> None:
+        names = [name for queue in QUEUES for name in keys.queue_lists(REDIS_PREFIX, queue)]
+        redis_client.delete(*names, keys.unacked(REDIS_PREFIX), keys.unacked_index(REDIS_PREFIX))
+
+    clear()
+    yield
+    clear()
