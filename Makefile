@@ -6,11 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test migrate lint bench chaos clean
 
-# Re-install only when a requirements file changed since the last install.
-$(STAMP): requirements.txt requirements-dev.txt
+# Re-install only when a requirements file (or pyproject.toml) changed since the last install.
+# The project itself goes in editable, without its dependencies (the requirements
+# pin them), so `.venv/bin/conveyor` exists.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -22,7 +22,7 @@ from tests.support.stacks import private_stack
 
 pytestmark = pytest.mark.integration
 
-BASE_DELAY = 0.4
+BASE_DELAY = 0.25
 
 
 @pytest.fixture(scope="module")
