@@ -7,11 +7,9 @@ own, so no other test's worker can take its messages.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from sqlalchemy import select, text
 
 from shared.models import Job, LedgerEntry
 from tests.support.accounts import PASSWORD
-from tests.support.environment import process_environment
+from tests.support.stacks import private_stack
 
 VISIBILITY = 4
 # Lease expiry, one restore scan, a fresh worker's start-up and the jobs
@@ -34,65 +32,16 @@ RECOVERY_BOUND = 90.0
 
 @pytest.fixture
 def leased(settings, redis_client, tmp_path: Path):
-    """Settings, a Flask client and a worker launcher on a private broker prefix."""
-    from api import create_app
-    from shared.resources import Resources
+    """Settings, a Flask client, resources and a worker launcher on a private broker prefix."""
+    with private_stack(
+        settings, redis_client, tmp_path, broker_visibility_timeout=VISIBILITY
+    ) as stack:
 
-    prefix = f"{settings.redis_key_prefix}lease-{uuid.uuid4().hex[:8]}:"
-    private = dataclasses.replace(
-        settings, redis_key_prefix=prefix, broker_visibility_timeout=VISIBILITY
-    )
-    app = create_app(private)
-    res = Resources.build(private)
-    workers: list[subprocess.Popen] = []
-
-    def start_worker(name: str, concurrency: int = 1) -> subprocess.Popen:
-        env = {
-            **process_environment(),
-            "CONVEYOR_REDIS_PREFIX": prefix,
-            "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY),
-            "LOG_LEVEL": "INFO",
-        }
-        argv = [
-            str(Path(sys.executable).parent / "celery"),
-            "-A",
-            "workers.app",
-            "worker",
-            "-P",
-            "prefork",
-            "-Q",
-            "ledger",
-            "-c",
-            str(concurrency),
+        def start_worker(name: str, concurrency: int = 1) -> subprocess.Popen:
             # Reserve several, so a kill strands waiting messages as well as the running one.
-            "--prefetch-multiplier",
-            "4",
-            "-n",
-            f"{name}-{uuid.uuid4().hex[:6]}@%h",
-            "--without-mingle",
-            "--without-gossip",
-        ]
-        log = (tmp_path / f"{name}.log").open("w")
-        # Its own process group, so the whole worker (main and children) can be killed at once.
-        process = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        workers.append(process)
-        return process
+            return stack.start_worker(name, concurrency=concurrency, prefetch=4)
 
-    yield private, app.test_client(), res, start_worker
-    for process in workers:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-    res.close()
-    app.extensions["conveyor"].close()
-    for key in redis_client.scan_iter(match=f"{prefix}*", count=1000):
-        redis_client.delete(key)
+        yield stack.settings, stack.client, stack.resources, start_worker
 
 
 def _user(client) -> tuple[int, dict[str, str]]:
