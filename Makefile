@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test migrate lint bench chaos clean
+.PHONY: install browser run test migrate lint bench chaos clean
 
 # Re-install only when a requirements file (or pyproject.toml) changed since the last install.
 # The project itself goes in editable, without its dependencies (the requirements
@@ -24,7 +24,11 @@ migrate: install
 run: install
 	$(BIN)/python -m scripts.devstack
 
-test: install
+# The jobs page's browser test drives Debian's chromium through chromium-driver.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "installing chromium and chromium-driver (Debian packages)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+test: install browser
 	$(BIN)/python -m pytest
 
 lint: install

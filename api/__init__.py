@@ -23,7 +23,19 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for `settings` (default: read from the environment once)."""
-    from api.routes import ai, auth, cache, ledger, notifications, ops, system, tasks, webhooks
+    from api.routes import (
+        ai,
+        auth,
+        cache,
+        docs,
+        ledger,
+        notifications,
+        ops,
+        pages,
+        system,
+        tasks,
+        webhooks,
+    )
 
     settings = settings or Settings.from_env()
     # Settings built in code skip from_env; production must still refuse an
@@ -46,6 +58,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     app.register_blueprint(ai.bp)
     app.register_blueprint(webhooks.bp)
+    # The two HTML pages: the jobs page at / and the API docs (their own CSPs).
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(openapi.bp)
     init_hardening(app, settings)
     # Last: it applies the limits views declared, so every blueprint must be in.

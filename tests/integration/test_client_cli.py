@@ -19,8 +19,8 @@ import pytest
 
 from client import ConveyorClient
 from tests.support.accounts import PASSWORD, fund
-from tests.support.processes import free_port, running_server
-from tests.support.stacks import private_stack
+from tests.support.processes import free_port
+from tests.support.webstack import served_stack
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,8 @@ CONVEYOR = str(Path(sys.executable).parent / "conveyor")
 
 @pytest.fixture(scope="module")
 def server(settings, redis_client, tmp_path_factory):
-    """A private stack: its gunicorn on a free port and one prefork worker on every queue."""
-    log_dir = tmp_path_factory.mktemp("client")
-    with private_stack(settings, redis_client, log_dir) as stack:
-        stack.start_worker("client", queues="ledger,ai,maintenance,webhooks", concurrency=2)
-        port = free_port()
-        env = {**stack.env, "PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_THREADS": "8"}
-        argv = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"]
-        with running_server(
-            [*argv, "api.wsgi:app"], env=env, log_path=log_dir / "web.log", port=port
-        ):
-            stack.url = f"http://127.0.0.1:{port}"
-            yield stack
+    with served_stack(settings, redis_client, tmp_path_factory.mktemp("client")) as stack:
+        yield stack
 
 
 class Recording(httpx.BaseTransport):
