@@ -13,6 +13,7 @@ from api.errors import register_error_handlers
 from api.hardening import init_hardening
 from api.limits import init_rate_limits
 from api.requests import MAX_BODY_BYTES
+from api.stream_auth import init_stream_tickets
 from shared.broker.publish import build_publisher
 from shared.jobs.kinds import QUEUES
 from shared.resources import Resources
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         auth,
         cache,
         docs,
+        events,
         ledger,
         notifications,
         ops,
@@ -57,6 +59,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp, system.bp, cache.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(ai.bp)
+    # Tickets, and the stream routes as replay-and-close (the events process holds them open).
+    app.register_blueprint(events.bp)
+    init_stream_tickets(app)
     app.register_blueprint(webhooks.bp)
     # The two HTML pages: the jobs page at / and the API docs (their own CSPs).
     app.register_blueprint(pages.bp)

@@ -1,15 +1,21 @@
-"""Submitting a job: record it (one INSERT), publish it (one broker message), answer 202."""
+"""Submitting a job: record it (one INSERT), publish it (one broker message), answer 202.
+
+After the publish, one Redis call records the PENDING document, the job's
+queue ticket (for its queue position) and its first event (shared/jobs/status).
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import redis
 from flask import Response, g, jsonify, request, url_for
 
 from api.admission import ensure_queue_capacity, too_many_inflight
 from api.errors import ApiError
 from api.extensions import publisher, resources
+from api.limits import suggest_poll_interval
 from api.metrics import JOBS_ACCEPTED
 from api.security import current_identity
 from shared import jobs
@@ -18,6 +24,8 @@ from shared.jobs.submission import submit as submit_job
 log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY = 255
+# The 202's Retry-After: a new job starts within a second or two when workers keep up.
+FIRST_POLL_SECONDS = 1
 
 
 def idempotency_key() -> str | None:
@@ -67,7 +75,22 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
             ) from None
     if not submission.replayed:
         JOBS_ACCEPTED.labels(kind).inc()
+        record_enqueued(owner_id, submission.status)
     return accepted(kind, submission.status["task_id"], replayed=submission.replayed)
+
+
+def record_enqueued(owner_id: int, status: dict[str, Any]) -> None:
+    """The accepted job's PENDING document, queue ticket and first event; best effort.
+
+    The job is already on the broker: without Redis it still runs, and its
+    polls read the row (with no queue position) until a worker writes.
+    """
+    try:
+        resources().statuses.record_enqueued(owner_id, status)
+    except redis.RedisError:
+        log.warning(
+            "job %s accepted without its live document: Redis unavailable", status["task_id"]
+        )
 
 
 def message_headers(owner_id: int) -> dict[str, Any]:
@@ -84,4 +107,4 @@ def accepted(kind: str, task_id: str, *, replayed: bool = False) -> Response:
     response.headers["Location"] = status_url
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return response
+    return suggest_poll_interval(response, FIRST_POLL_SECONDS)

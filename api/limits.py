@@ -1,7 +1,9 @@
 """Rate limits (flask-limiter, counters in Redis): per IP, per user, per username on auth.
 
 Views opt into stricter limits, or out of every limit, with markers
-(`@auth_limited`, `@ai_limited`, `@unlimited`); `init_rate_limits` builds one
+(`@auth_limited`, `@ai_limited`, `@unlimited`), or trade the per-user budget for
+the polling one (`@poll_limited`: status polls and stream connects, counted
+apart so following a job never starves the rest of the API); `init_rate_limits` builds one
 Limiter per app and applies them, so several apps (tests, gunicorn workers)
 never share limiter state. Only flask-limiter's public API is used.
 
@@ -20,13 +22,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from flask import Flask, current_app, request
+from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 from limits.errors import StorageError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.errors import ApiError
 from api.security import bearer_identity
+from api.stream_auth import ticket_identity
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,19 @@ def ai_limited(view: View) -> View:
     return view
 
 
+def poll_limited(view: View) -> View:
+    """Mark a status poll or stream connect: RATELIMIT_POLL per user instead of the user budget."""
+    setattr(view, _MARK, "poll")
+    return view
+
+
+def suggest_poll_interval(response: Response, seconds: int) -> Response:
+    """Send `Retry-After: seconds` on a 2xx as the suggested wait before the next poll."""
+    g.poll_interval = seconds
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
 def client_ip() -> str:
     return request.remote_addr or "unknown"
 
@@ -59,6 +75,12 @@ def client_ip() -> str:
 def caller_key() -> str:
     """The authenticated user when the bearer token is valid, else the client IP."""
     identity = bearer_identity()
+    return f"user:{identity.user_id}" if identity else f"ip:{client_ip()}"
+
+
+def poll_key() -> str:
+    """The caller by bearer token or stream ticket (EventSource sends no header), else the IP."""
+    identity = bearer_identity() or ticket_identity()
     return f"user:{identity.user_id}" if identity else f"ip:{client_ip()}"
 
 
@@ -84,6 +106,27 @@ def is_unlimited(view: Callable[..., Any] | None) -> bool:
 
 def _endpoint_unlimited() -> bool:
     return is_unlimited(current_app.view_functions.get(request.endpoint or ""))
+
+
+def _endpoint_poll_limited() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(view, _MARK, None) == "poll"
+
+
+def _retry_after_only_as_hint(response: Response) -> Response:
+    """Keep Retry-After on a 2xx only where the view suggested a poll interval.
+
+    flask-limiter sets Retry-After (its window's reset) on every limited
+    response; on a success that reads as "wait this long", which only a poll
+    answer means. Registered before the limiter's hook, so it runs after it.
+    """
+    if 200 <= response.status_code < 300:
+        hint = g.get("poll_interval")
+        if hint is None:
+            response.headers.pop("Retry-After", None)
+        else:
+            response.headers["Retry-After"] = str(hint)
+    return response
 
 
 def _fail_closed(limiter: Limiter, view: View) -> View:
@@ -124,11 +167,14 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
     def default_limit() -> str:
         return settings.ratelimit_user if bearer_identity() else settings.ratelimit_anonymous
 
+    # Before the limiter's own after_request hook (Flask runs them in reverse).
+    app.after_request(_retry_after_only_as_hint)
     limiter = Limiter(
         caller_key,
         # One budget per caller across the whole API (flask-limiter's default
-        # limits would count each route separately).
+        # limits would count each route separately); polls have their own.
         application_limits=[default_limit],
+        application_limits_exempt_when=_endpoint_poll_limited,
         storage_uri=storage_uri(settings),
         storage_options={
             "key_prefix": f"{settings.redis_key_prefix}limits",
@@ -145,6 +191,8 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
     )
     limiter.init_app(app)
     limiter.request_filter(_endpoint_unlimited)
+    # One budget shared by every poll-limited view (status polls and stream connects).
+    poll_budget = limiter.shared_limit(settings.ratelimit_poll, scope="poll", key_func=poll_key)
     # Route limits run in flask-limiter's view wrapper, so the app must serve
     # the wrapped function; wraps() keeps the markers and OpenAPI declaration.
     for endpoint, view in list(app.view_functions.items()):
@@ -155,6 +203,8 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
                 settings.ratelimit_auth, key_func=username_key, scope="auth-username"
             )
             app.view_functions[endpoint] = _fail_closed(limiter, by_name(by_ip(view)))
+        elif mark == "poll":
+            app.view_functions[endpoint] = poll_budget(view)
         elif mark == "ai":
             app.view_functions[endpoint] = limiter.limit(
                 settings.ratelimit_ai, key_func=caller_key

@@ -44,9 +44,10 @@ _STATUS_TEXT = {
 
 @dataclass(frozen=True)
 class PlainText:
-    """A non-JSON response body (e.g. Prometheus text)."""
+    """A non-JSON response body (e.g. Prometheus text; an event stream's events by `schema`)."""
 
     media_type: str = "text/plain"
+    schema: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,7 @@ def _content(
     if isinstance(model, PlainText):
         return {
             "description": description,
-            "content": {model.media_type: {"schema": {"type": "string"}}},
+            "content": {model.media_type: {"schema": dict(model.schema) or {"type": "string"}}},
         }
     return {
         "description": description,

@@ -114,6 +114,9 @@ class Settings:
     ratelimit_auth: str = _env("RATELIMIT_AUTH", default="5/minute")
     ratelimit_user: str = _env("RATELIMIT_USER", default="60/minute;1000/day")
     ratelimit_ai: str = _env("RATELIMIT_AI", default="20/hour")
+    # Status polls and stream connects, per user: their own budget, apart from
+    # RATELIMIT_USER, so following a job never starves the rest of the API.
+    ratelimit_poll: str = _env("RATELIMIT_POLL", default="600/minute")
     queue_max_depth: int = _env("QUEUE_MAX_DEPTH", default=10000)
     # Where rate-limit counters live; empty means REDIS_URL. A separate Redis
     # keeps limiter traffic off the broker's server when that matters.
@@ -179,6 +182,11 @@ class Settings:
     slow_query_ms: float = _env("SLOW_QUERY_MS", default=100.0)
     cors_origins: str = _env("CORS_ORIGINS", default="")
     flower_port: int = _env("FLOWER_PORT", default=5555)
+    # The `events` process (event streams): its port, how long a stream ticket
+    # lives, and how often an idle stream gets a keep-alive comment.
+    events_port: int = _env("EVENTS_PORT", default=8001)
+    events_ticket_ttl_seconds: int = _env("EVENTS_TICKET_TTL_SECONDS", default=60)
+    events_keepalive_seconds: float = _env("EVENTS_KEEPALIVE_SECONDS", default=15.0)
     flower_basic_auth: str = _env("FLOWER_BASIC_AUTH", default="")
     # Port of the worker's own Prometheus exporter (task metrics); 0 turns it off.
     worker_metrics_port: int = _env("WORKER_METRICS_PORT", default=0)
@@ -227,6 +235,10 @@ class Settings:
             raise ConfigError("BROKER_VISIBILITY_TIMEOUT must be at least 2 seconds")
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT must be json or console, got {self.log_format!r}")
+        if self.events_ticket_ttl_seconds < 1 or self.events_keepalive_seconds <= 0:
+            raise ConfigError(
+                "EVENTS_TICKET_TTL_SECONDS and EVENTS_KEEPALIVE_SECONDS must be positive"
+            )
 
     @property
     def is_production(self) -> bool:

@@ -7,7 +7,7 @@ import random
 
 from flask import Blueprint, Response, g, jsonify
 
-from api.dispatch import message_headers
+from api.dispatch import message_headers, record_enqueued
 from api.errors import ApiError
 from api.extensions import publisher, resources
 from api.limits import auth_limited
@@ -91,4 +91,5 @@ def _login_transactions(user_id: int) -> str | None:
             # Logging in must not fail because the demo job cannot be queued.
             log.warning("login job not queued: broker unavailable")
             return None
+    record_enqueued(user_id, submission.status)
     return submission.status["task_id"]

@@ -1,4 +1,9 @@
-"""Polling, listing and cancelling the caller's jobs."""
+"""Polling, listing and cancelling the caller's jobs.
+
+A poll has its own budget (`@poll_limited`, RATELIMIT_POLL) and a running or
+queued job's answer says when to poll again (Retry-After); a PENDING job's
+answer carries its queue position and ETA, estimated in O(1) (shared/jobs/status).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.errors import ApiError, not_found
 from api.extensions import resources
+from api.limits import poll_limited, suggest_poll_interval
 from api.openapi import documented
 from api.requests import parse_query
 from api.responses import TaskPage, TaskStatus
@@ -23,6 +29,7 @@ log = logging.getLogger(__name__)
 
 
 @bp.get("/<task_id>")
+@poll_limited
 @require_auth
 @documented("A task's state, progress and result", auth="user", responses={200: TaskStatus})
 def get_task(task_id: str) -> Response:
@@ -44,7 +51,17 @@ def get_task(task_id: str) -> Response:
     )
     if status is None:
         raise not_found()
-    return jsonify(status)
+    estimate = None
+    if status["state"] == "PENDING" and live is not None and live.ticket is not None:
+        try:
+            estimate = res.statuses.estimate(live.queue, live.ticket)
+        except redis.RedisError:
+            estimate = None  # an estimate is a courtesy; the poll still answers
+    status = job_status.with_estimate(status, estimate)
+    response = jsonify(status)
+    if status["state"] not in jobs.TERMINAL:
+        suggest_poll_interval(response, job_status.suggested_poll_seconds(status))
+    return response
 
 
 @bp.get("")
@@ -63,6 +80,7 @@ def list_tasks() -> Response:
             page=query.page,
             limit=query.limit,
         )
+    items = [job_status.with_estimate(item, None) for item in items]
     return jsonify({"items": items, "page": query.page, "limit": query.limit, "total": total})
 
 
@@ -93,4 +111,4 @@ def cancel_task(task_id: str) -> tuple[Response, int]:
             {"state": exc.status["state"]},
         ) from None
     job_status.publish(res.statuses, owner_id, status)
-    return jsonify(status), 202
+    return jsonify(job_status.with_estimate(status, None)), 202

@@ -1,4 +1,4 @@
-"""A job's end, announced: its final live document and its owner's notification.
+"""A job's end, announced: its final live document and its owner's notification (and event).
 
 Workers (a job's own outcome) and housekeeping (a stuck job failed by the
 reaper) end jobs through here, so both publish the same document and the same
@@ -42,13 +42,15 @@ def announce_outcome(
         return  # REVOKED: the owner cancelled it and needs no notification
     kind, verb = outcome
     try:
-        notifications.push(
+        item = notifications.push(
             owner_id,
             type=kind,
             title=f"{status['kind']} {verb}",
             message=message,
             task_id=status["task_id"],
         )
+        # After the terminal state event, so GET /events shows the outcome first.
+        statuses.notify(owner_id, item)
     except redis.RedisError:
         log.warning("notification for job %s not written: Redis unavailable", status["task_id"])
 

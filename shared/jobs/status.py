@@ -1,15 +1,18 @@
-"""The live status document of each job in Redis: the one writer and reader of it.
+"""The live status document of each job in Redis and its event log: the one writer of both.
 
 The row is the truth; Redis holds a JSON document per job so a poll is one
 Redis read. Workers write it at every transition and on progress; a terminal
 document is never overwritten (a Lua guard), so a late progress write cannot
-resurrect a cancelled or finished job.
+resurrect a cancelled or finished job. The same Lua call appends the event
+that streams replay (shared/jobs/events.py), so a document and its event are
+written together or not at all, in one round trip.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -17,6 +20,13 @@ from typing import Any, NamedTuple
 import redis
 from sqlalchemy.orm import sessionmaker
 
+from shared.jobs.events import (
+    FIREHOSE_MAX,
+    JOB_STREAM_MAX,
+    USER_STREAM_MAX,
+    StreamKeys,
+)
+from shared.jobs.kinds import KIND_QUEUES
 from shared.jobs.model import TERMINAL, isoformat, utcnow
 from shared.jobs.records import get_status
 from shared.redis_store import Keys
@@ -30,50 +40,227 @@ STATUS_TTL_SECONDS = 24 * 3600
 STALE_AFTER = timedelta(seconds=60)
 
 
-# KEYS[1] = status key; ARGV = document, ttl, state, mode ("set" | "nx").
-# A terminal document is final; "nx" only fills a missing key (the API's
-# fallback snapshot must never overwrite a worker's newer write).
-_WRITE_STATUS = """
+# A PENDING document's queue estimate: the queue hands out tickets at submit
+# (INCR) and remembers the highest ticket a worker has claimed; a job's
+# position is the tickets between. Claim times of the last CLAIM_WINDOW jobs
+# give the drain rate. Both are estimates: a failed publish leaves a gap
+# ticket, and prefetching workers claim a little out of order.
+CLAIM_WINDOW = 32
+
+# Shared by the scripts below: append one event under one id to the firehose,
+# the job's stream and the owner's stream (capped, expiring). The firehose
+# assigns the id; the same id in the smaller streams lets a client resume any
+# of them with one Last-Event-ID. An explicit id can only fail if the
+# firehose was deleted by hand; the event then gets the stream's own id.
+_APPEND_EVENT = """
+local function append_event(job_stream, user_stream, firehose, kind, job, owner, data, at, ttl,
+                            job_max, user_max, firehose_max)
+  local id = redis.call('XADD', firehose, 'MAXLEN', '~', firehose_max, '*',
+                        'type', kind, 'job', job, 'owner', owner, 'data', data, 'time', at)
+  if job_stream ~= '' then
+    local ok = redis.pcall('XADD', job_stream, 'MAXLEN', '~', job_max, id,
+                           'type', kind, 'job', job, 'owner', owner, 'data', data, 'time', at)
+    if type(ok) == 'table' and ok.err then
+      redis.call('XADD', job_stream, 'MAXLEN', '~', job_max, '*',
+                 'type', kind, 'job', job, 'owner', owner, 'data', data, 'time', at)
+    end
+    redis.call('EXPIRE', job_stream, ttl)
+  end
+  local ok = redis.pcall('XADD', user_stream, 'MAXLEN', '~', user_max, id,
+                         'type', kind, 'job', job, 'owner', owner, 'data', data, 'time', at)
+  if type(ok) == 'table' and ok.err then
+    redis.call('XADD', user_stream, 'MAXLEN', '~', user_max, '*',
+               'type', kind, 'job', job, 'owner', owner, 'data', data, 'time', at)
+  end
+  redis.call('EXPIRE', user_stream, ttl)
+  return id
+end
+"""
+
+# KEYS = status hash, job stream, user stream, firehose, queue's claimed
+# ticket, queue's claim times. ARGV = document, ttl, state, mode ("set" |
+# "nx"), owner, event type ("" for none), job id, time, stream caps.
+# A terminal document is final: nothing is written or appended after it, so a
+# late progress can neither resurrect a job nor follow its terminal event.
+# "nx" only fills a missing key (the API's fallback snapshot must never
+# overwrite a worker's newer write) and is not an event.
+_WRITE_STATUS = (
+    _APPEND_EVENT
+    + f"""
 local current = redis.call('HGET', KEYS[1], 'state')
 if ARGV[4] == 'nx' and current then return 0 end
 if current == 'SUCCESS' or current == 'FAILURE' or current == 'REVOKED' then return 0 end
+if ARGV[3] == 'STARTED' and redis.call('HSETNX', KEYS[1], 'claimed', '1') == 1 then
+  -- A first claim: advance the queue's claimed ticket and note the time.
+  local ticket = tonumber(redis.call('HGET', KEYS[1], 'ticket') or '')
+  if ticket then
+    if ticket > tonumber(redis.call('GET', KEYS[5]) or '0') then
+      redis.call('SET', KEYS[5], ticket)
+    end
+    local now = redis.call('TIME')
+    redis.call('LPUSH', KEYS[6], now[1] * 1000 + math.floor(now[2] / 1000))
+    redis.call('LTRIM', KEYS[6], 0, {CLAIM_WINDOW - 1})
+  end
+end
 redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'state', ARGV[3], 'owner', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[6] ~= '' then
+  return append_event(KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV[7], ARGV[5], ARGV[1], ARGV[8],
+                      ARGV[2], ARGV[9], ARGV[10], ARGV[11])
+end
 return 1
 """
+)
+
+# A job just accepted: its PENDING document with a queue ticket, and its
+# first event. KEYS = status hash, job stream, user stream, firehose, the
+# queue's ticket counter. ARGV as _WRITE_STATUS plus the queue name. A worker
+# that was faster than this call already wrote a newer document: then
+# nothing is written (and no ticket taken).
+_RECORD_ENQUEUED = (
+    _APPEND_EVENT
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local ticket = redis.call('INCR', KEYS[5])
+redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'state', 'PENDING', 'owner', ARGV[2],
+           'queue', ARGV[3], 'ticket', ticket)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+append_event(KEYS[2], KEYS[3], KEYS[4], 'state', ARGV[5], ARGV[2], ARGV[1], ARGV[6],
+             ARGV[4], ARGV[7], ARGV[8], ARGV[9])
+return ticket
+"""
+)
+
+# A notification, as an event of its owner's stream only: the job's stream
+# ends with the job's terminal state event.
+_APPEND_NOTIFICATION = (
+    _APPEND_EVENT
+    + """
+return append_event('', KEYS[1], KEYS[2], 'notification', ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+                    ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+"""
+)
+
+NO_ESTIMATE = {"queue_position": None, "eta_seconds": None}
 
 
 class LiveDocument(NamedTuple):
-    """A live status document as stored: its state and its JSON text."""
+    """A live status document as stored: its state, its JSON text, and its queue ticket."""
 
     state: str
     document: str
+    queue: str | None = None
+    ticket: int | None = None
+
+
+class Estimate(NamedTuple):
+    """Where a PENDING job stands: jobs ahead of it, and seconds until it starts (or None)."""
+
+    queue_position: int
+    eta_seconds: int | None
+
+
+def _compact(document: dict[str, Any]) -> str:
+    return json.dumps(document, separators=(",", ":"))
 
 
 class StatusStore:
-    """Live job status documents in Redis: written by workers, read by the API."""
+    """Live job status documents and their events in Redis: written by workers, read by the API."""
 
     def __init__(self, client: redis.Redis, keys: Keys, ttl_seconds: int = STATUS_TTL_SECONDS):
         self._redis = client
         self._keys = keys
+        self._streams = StreamKeys(keys.prefix)
         self._ttl = ttl_seconds
         self._write = client.register_script(_WRITE_STATUS)
+        self._enqueued = client.register_script(_RECORD_ENQUEUED)
+        self._notify = client.register_script(_APPEND_NOTIFICATION)
+
+    def _queue_key(self, queue: str, name: str) -> str:
+        return f"{self._keys.prefix}queue:{queue}:{name}"
 
     def write(
-        self, owner_id: int, status: dict[str, Any], *, only_if_missing: bool = False
+        self,
+        owner_id: int,
+        status: dict[str, Any],
+        *,
+        only_if_missing: bool = False,
+        event: str = "state",
     ) -> bool:
-        """Store `status` unless the stored one is terminal; True when written."""
+        """Store `status` and append it as an event, unless the stored one is terminal.
+
+        One round trip (a Lua script). `only_if_missing` writes a snapshot of
+        the row (no event). True when written.
+        """
+        document = status if "queue_position" in status else {**status, **NO_ESTIMATE}
+        job_id = status["task_id"]
+        queue = KIND_QUEUES.get(status.get("kind", ""), "none")
         written = self._write(
-            keys=[self._keys.job_status(status["task_id"])],
+            keys=[
+                self._keys.job_status(job_id),
+                self._streams.job(job_id),
+                self._streams.user(owner_id),
+                self._streams.firehose,
+                self._queue_key(queue, "claimed"),
+                self._queue_key(queue, "claims"),
+            ],
             args=[
-                json.dumps(status, separators=(",", ":")),
+                _compact(document),
                 self._ttl,
                 status["state"],
                 "nx" if only_if_missing else "set",
                 owner_id,
+                "" if only_if_missing else event,
+                job_id,
+                isoformat(utcnow()),
+                JOB_STREAM_MAX,
+                USER_STREAM_MAX,
+                FIREHOSE_MAX,
             ],
         )
         return bool(written)
+
+    def record_enqueued(self, owner_id: int, status: dict[str, Any]) -> int | None:
+        """A just-published job's PENDING document, queue ticket and first event; its ticket."""
+        job_id = status["task_id"]
+        queue = KIND_QUEUES[status["kind"]]
+        ticket = self._enqueued(
+            keys=[
+                self._keys.job_status(job_id),
+                self._streams.job(job_id),
+                self._streams.user(owner_id),
+                self._streams.firehose,
+                self._queue_key(queue, "tickets"),
+            ],
+            args=[
+                _compact({**status, **NO_ESTIMATE}),
+                owner_id,
+                queue,
+                self._ttl,
+                job_id,
+                isoformat(utcnow()),
+                JOB_STREAM_MAX,
+                USER_STREAM_MAX,
+                FIREHOSE_MAX,
+            ],
+        )
+        return int(ticket) or None
+
+    def notify(self, owner_id: int, notification: dict[str, Any]) -> str:
+        """Append `notification` to its owner's event stream; returns the event id."""
+        return self._notify(
+            keys=[self._streams.user(owner_id), self._streams.firehose],
+            args=[
+                notification.get("task_id") or "",
+                owner_id,
+                _compact(notification),
+                isoformat(utcnow()),
+                self._ttl,
+                JOB_STREAM_MAX,
+                USER_STREAM_MAX,
+                FIREHOSE_MAX,
+            ],
+        )
 
     def read(self, job_id: str, owner_id: int) -> dict[str, Any] | None:
         """The owner's live status document, or None (absent, or another owner's)."""
@@ -82,12 +269,27 @@ class StatusStore:
 
     def read_document(self, job_id: str, owner_id: int) -> LiveDocument | None:
         """Like `read`, but the document stays the JSON text it is stored as."""
-        owner, state, doc = self._redis.hmget(
-            self._keys.job_status(job_id), "owner", "state", "doc"
+        owner, state, doc, queue, ticket = self._redis.hmget(
+            self._keys.job_status(job_id), "owner", "state", "doc", "queue", "ticket"
         )
         if doc is None or owner != str(owner_id):
             return None
-        return LiveDocument(state, doc)
+        return LiveDocument(state, doc, queue, int(ticket) if ticket else None)
+
+    def estimate(self, queue: str, ticket: int) -> Estimate:
+        """Jobs ahead of `ticket` in `queue` and an ETA from the recent claim rate; O(1)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(self._queue_key(queue, "claimed"))
+        pipe.lindex(self._queue_key(queue, "claims"), 0)
+        pipe.lindex(self._queue_key(queue, "claims"), -1)
+        pipe.llen(self._queue_key(queue, "claims"))
+        claimed, newest, oldest, samples = pipe.execute()
+        position = max(0, ticket - int(claimed or 0) - 1)
+        eta = None
+        if samples >= 2 and int(newest) > int(oldest):
+            per_second = (samples - 1) / ((int(newest) - int(oldest)) / 1000)
+            eta = math.ceil((position + 1) / per_second)
+        return Estimate(position, eta)
 
     def progress(
         self, owner_id: int, status: dict[str, Any], percent: int, message: str
@@ -100,8 +302,26 @@ class StatusStore:
             "message": message[:255],
             "updated_at": isoformat(utcnow()),
         }
-        self.write(owner_id, updated)
+        self.write(owner_id, updated, event="progress")
         return updated
+
+
+def with_estimate(status: dict[str, Any], estimate: Estimate | None) -> dict[str, Any]:
+    """`status` with `queue_position` and `eta_seconds`: the estimate's while PENDING, else null."""
+    if estimate is None or status["state"] != "PENDING":
+        return {**status, **NO_ESTIMATE}
+    return {**status, **estimate._asdict()}
+
+
+def suggested_poll_seconds(status: dict[str, Any]) -> int:
+    """How long a client should wait before polling again (Retry-After), from the job's state.
+
+    Running jobs change by the second; a queued one not before its ETA is near.
+    """
+    if status["state"] == "PENDING":
+        eta = status.get("eta_seconds")
+        return 2 if eta is None else max(1, min(10, eta // 2))
+    return 1
 
 
 def started_document(job: Any) -> dict[str, Any]:

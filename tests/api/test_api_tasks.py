@@ -39,6 +39,8 @@ def test_submit_answers_202_with_location_and_pending_status(client, make_user):
         "expires_at",
         "result",
         "error",
+        "queue_position",
+        "eta_seconds",
     }
 
 

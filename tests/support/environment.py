@@ -35,6 +35,7 @@ TEST_ENV = {
     "RATELIMIT_AUTH": "100000/minute",
     "RATELIMIT_USER": "100000/minute",
     "RATELIMIT_AI": "100000/hour",
+    "RATELIMIT_POLL": "100000/minute",
     "AI_PROVIDER": "offline",
     "LOG_LEVEL": "WARNING",
 }
