@@ -59,7 +59,13 @@ class ConveyorClient:
         self.token = token
         self.max_retries = max_retries
         self._sleep = sleep
-        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+        # Building a verifying TLS context loads the CA bundle (about half a
+        # second): only worth it when some URL is https. Nothing follows a
+        # redirect, so a plain-http client can never end up on TLS.
+        tls = any(url.startswith("https:") for url in (self.base_url, self.events_url))
+        self._http = httpx.Client(
+            timeout=timeout, transport=transport, follow_redirects=False, verify=tls
+        )
 
     def __enter__(self) -> ConveyorClient:
         return self
