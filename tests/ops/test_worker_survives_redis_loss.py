@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import select
 
 from shared.models import Job, LedgerEntry
 from tests.support.accounts import PASSWORD
 from tests.support.environment import process_environment
-from tests.support.processes import free_port, running_server
+from tests.support.processes import running_server
+from tests.support.redis_server import PrivateRedis
+from tests.support.redis_server import wait_until as _wait
 
 # Short leases, so the messages the dead connection held come back in seconds.
 VISIBILITY = 4
@@ -36,59 +35,6 @@ COUNTDOWN = 6
 BOUND = 90.0
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
-
-
-class PrivateRedis:
-    """A redis-server on a free port with its data in `directory`, killable and restartable."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        argv = [
-            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-            "--dir", str(self.directory), "--save", "",
-            "--appendonly", "yes", "--appendfsync", "always",
-        ]  # fmt: skip
-        log = (self.directory / "redis.log").open("a")
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        client = self.client()
-        try:
-            _wait(lambda: _answers(client), 30, "redis-server answering")
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
-def _wait(predicate: Callable[[], bool], bound: float, what: str) -> None:
-    deadline = time.monotonic() + bound
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {bound:.0f}s"
-        time.sleep(0.1)
 
 
 @pytest.fixture

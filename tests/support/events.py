@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ from tests.support.processes import free_port, running_server
 class EventsServer:
     port: int
     log_path: Path
+    process: subprocess.Popen
 
     def connection(self, timeout: float = 30.0) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -37,8 +39,8 @@ def running_events(
     # The Procfile names bare `gunicorn`: the venv's, as under `make run`.
     path = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     env = {**env, "PATH": path, "EVENTS_PORT": str(port), **overrides}
-    with running_server(["/bin/sh", "-c", command], env=env, log_path=log_path, port=port):
-        yield EventsServer(port, log_path)
+    with running_server(["/bin/sh", "-c", command], env=env, log_path=log_path, port=port) as proc:
+        yield EventsServer(port, log_path, proc)
 
 
 @dataclass
