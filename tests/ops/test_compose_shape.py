@@ -3,7 +3,7 @@
 No Docker engine exists here, so this is how compose's wiring is exercised. The
 test reads docker-compose.yml, interpolates it as compose does (`${VAR:?msg}`,
 `${VAR:-default}`, `$$`) from a test .env mapping (which is also what the
-services' `env_file: .env` hands them), and runs migrate, web, worker,
+services' `env_file: .env` hands them), and runs migrate, web, events, worker,
 worker_ai, beat and flower with exactly their `command` and `environment`
 (x-app merged), the image's ENV, cwd = the repository (the image's /app) and
 HOSTNAME = this machine's hostname, which is what Celery's `%h` expands to.
@@ -63,7 +63,7 @@ DOTENV = {
     "POSTGRES_PASSWORD": "compose-shape-pw",
     "FLOWER_BASIC_AUTH": "ops:compose-shape-flower",
 }
-LONG_RUNNING = ("beat", "worker", "worker_ai", "web", "flower")  # beat first: its clock starts
+LONG_RUNNING = ("beat", "worker", "worker_ai", "web", "events", "flower")  # beat first: its clock
 HEALTH_DEADLINE = 90.0
 
 
@@ -472,6 +472,33 @@ def test_a_ledger_job_goes_submit_to_success_over_http(stack: Stack) -> None:
     assert done["result"]["transaction_id"] and done["result"]["balance"] >= 1250
     # Production keeps the login-triggered random batch on: it went through the same worker.
     assert wait_for_job(stack, headers, login["task_id"])["state"] == "SUCCESS"
+
+
+def test_events_streams_a_job_from_submit_to_success(stack: Stack) -> None:
+    username = f"compose_events_{RUN_ID}"
+    register = stack.url("web", 8000, "/api/v1/auth/register")
+    assert http("POST", register, {"username": username, "password": PASSWORD})[0] == 201
+    status, login = http(
+        "POST",
+        stack.url("web", 8000, "/api/v1/auth/login"),
+        {"username": username, "password": PASSWORD},
+    )
+    assert status == 200, login
+    headers = {"Authorization": f"Bearer {login['access_token']}"}
+    status, accepted = http(
+        "POST", stack.url("web", 8000, "/api/v1/transactions"), {"type": "credit", "amount": 5},
+        headers,
+    )  # fmt: skip
+    assert status == 202, accepted
+    stream = urllib.request.Request(
+        stack.url("events", 8001, f"/api/v1/tasks/{accepted['task_id']}/events"), headers=headers
+    )
+    # The events process closes the stream after the terminal event.
+    with urllib.request.urlopen(stream, timeout=60) as response:
+        body = response.read().decode()
+    data = [line.removeprefix("data: ") for line in body.splitlines() if line.startswith("data: ")]
+    states = [json.loads(each)["state"] for each in data]
+    assert states[-1] == "SUCCESS", body
 
 
 def test_worker_exporter_counts_its_prefork_children(stack: Stack) -> None:

@@ -29,8 +29,8 @@ from scripts.embedded_redis import EmbeddedRedis, EmbeddedRedisError, pick_port
 from shared.settings import ROOT, Settings
 from tests.support.environment import process_environment
 
-PROCESS_TYPES = ["web", "worker", "worker_ai", "beat", "flower"]
-LONG_RUNNING = {"postgres", "redis", "web", "worker", "worker_ai", "beat", "flower"}
+PROCESS_TYPES = ["web", "events", "worker", "worker_ai", "beat", "flower"]
+LONG_RUNNING = {"postgres", "redis", "web", "events", "worker", "worker_ai", "beat", "flower"}
 
 
 def pid_alive(pid: int) -> bool:
@@ -163,7 +163,7 @@ def procfile() -> dict[str, str]:
     return dict(parse_procfile((ROOT / "Procfile").read_text()).processes)
 
 
-def test_procfile_has_exactly_the_five_process_types(procfile: dict[str, str]) -> None:
+def test_procfile_has_exactly_the_six_process_types(procfile: dict[str, str]) -> None:
     assert list(procfile) == PROCESS_TYPES  # web first: honcho gives it $PORT itself
 
 
@@ -175,6 +175,11 @@ def test_procfile_lines_are_valid_shell(procfile: dict[str, str], name: str) -> 
 def test_procfile_pools_and_queues(procfile: dict[str, str]) -> None:
     web = shlex.split(procfile["web"])
     assert "gunicorn" in web and option(web, "-c") == "gunicorn.conf.py" and "api.wsgi:app" in web
+
+    events = shlex.split(procfile["events"])
+    assert "api.events_wsgi:app" in events and option(events, "--worker-class") == "gevent"
+    assert option(events, "--workers") == "1"  # one process: one Redis reader for its streams
+    assert option(events, "--bind") == "0.0.0.0:${EVENTS_PORT:-8001}"
 
     worker = shlex.split(procfile["worker"])
     assert worker[worker.index("celery") :][:4] == ["celery", "-A", "workers.app", "worker"]
@@ -339,6 +344,7 @@ def test_env_example_documents_every_variable() -> None:
         "WORKER_CONCURRENCY",
         "AI_WORKER_CONCURRENCY",
         "AI_WORKER_PREFETCH",
+        "EVENTS_WORKER_CONNECTIONS",
         "PROMETHEUS_MULTIPROC_DIR",
         "POSTGRES_PASSWORD",
     }
