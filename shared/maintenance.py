@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import redis
 from sqlalchemy import delete, select, update
@@ -26,6 +27,9 @@ from shared.jobs.lifecycle import announce_outcome
 from shared.jobs.status import publish as publish_status
 from shared.models import Job
 from shared.notifications import Notifications
+
+if TYPE_CHECKING:
+    from shared.webhooks import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,7 @@ def redispatch_lost(
     max_redispatches: int | None = None,
     statuses: jobs.StatusStore | None = None,
     notifications: Notifications | None = None,
+    webhooks: WebhookOutbox | None = None,
     limit: int = 500,
     now: datetime | None = None,
 ) -> list[str]:
@@ -155,7 +160,7 @@ def redispatch_lost(
             if claimed is None and max_redispatches is not None:
                 given_up = _fail_lost(session, row.id, cutoff, max_redispatches)
         if given_up is not None and statuses is not None and notifications is not None:
-            announce_outcome(statuses, notifications, *given_up)
+            announce_outcome(statuses, notifications, *given_up, webhooks=webhooks)
         if claimed is not None:
             publish(row.kind, str(row.id), row.queue)
             redispatched.append(str(row.id))
@@ -204,6 +209,7 @@ def reap_stuck(
     grace_seconds: float,
     idempotent_kinds: Iterable[str],
     max_attempts: int,
+    webhooks: WebhookOutbox | None = None,
     now: datetime | None = None,
 ) -> ReapOutcome:
     """Fail (or, for idempotent kinds, re-dispatch) jobs STARTED longer than their hard limit.
@@ -240,6 +246,7 @@ def reap_stuck(
             idempotent=row.kind in idempotent,
             max_attempts=max_attempts,
             outcome=outcome,
+            webhooks=webhooks,
         )
     return outcome
 
@@ -261,6 +268,7 @@ def _reap_one(
     idempotent: bool,
     max_attempts: int,
     outcome: ReapOutcome,
+    webhooks: WebhookOutbox | None = None,
 ) -> None:
     with sessions.begin() as session:
         # Lock and re-check: a new attempt may have claimed it since we looked,
@@ -300,4 +308,6 @@ def _reap_one(
         return
     outcome.failed.append(str(job_id))
     if status is not None:
-        announce_outcome(statuses, notifications, row.owner_id, status, error.message)
+        announce_outcome(
+            statuses, notifications, row.owner_id, status, error.message, webhooks=webhooks
+        )

@@ -5,16 +5,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import time
 import uuid
 from datetime import timedelta
 
 import httpx
 import pytest
+from sqlalchemy import update
 from standardwebhooks import Webhook
 
-from shared import webhooks, webhooks_signing
+from shared import jobs, maintenance, webhooks, webhooks_signing
 from shared.jobs.model import utcnow
+from shared.models import Job, WebhookDelivery
 from shared.webhooks_sender import http_client, send
 from shared.webhooks_urls import UnsafeWebhookUrl, check_url
 from tests.support.accounts import register_and_login
@@ -226,3 +229,38 @@ def test_a_claimed_delivery_is_not_claimed_again_until_its_lease_ends(resources,
             webhooks.claim_attempt(session, uuid.UUID(delivery_id), lease_seconds=30, now=far_later)
             is None
         )
+
+
+def test_a_job_the_reaper_fails_is_announced_to_webhooks_too(resources, client):
+    user_id, _ = register_and_login(client, unique_name("reaped"))
+    with resources.sessions.begin() as session:
+        webhooks.create_endpoint(session, user_id, "https://a.example.test/", ["job.failed"])
+    with resources.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        submission = jobs.create_job(
+            conn, owner_id=user_id, kind="ai.text", params={"prompt": "x"}, ttl_seconds=3600
+        )
+    task_id = submission.status["task_id"]
+    stuck_since = utcnow() - timedelta(hours=2)
+    with resources.sessions.begin() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == uuid.UUID(task_id))
+            .values(state="STARTED", updated_at=stuck_since, started_at=stuck_since)
+        )
+    published: list[str] = []
+    outcome = maintenance.reap_stuck(
+        resources.sessions,
+        resources.statuses,
+        resources.notifications,
+        lambda *_args: None,
+        time_limits={"ai.text": 60},
+        grace_seconds=0,
+        idempotent_kinds=(),
+        max_attempts=1,
+        webhooks=webhooks.WebhookOutbox(resources.sessions, published.append),
+    )
+    assert task_id in outcome.failed and len(published) == 1
+    with resources.sessions() as session:
+        delivery = session.get(WebhookDelivery, uuid.UUID(published[0]))
+        assert (delivery.event, str(delivery.task_id)) == ("job.failed", task_id)
+        assert json.loads(delivery.payload)["data"]["error"]["code"] == "timeout"

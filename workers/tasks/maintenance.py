@@ -8,6 +8,7 @@ from shared import maintenance
 from shared.broker.inflight import broker_in_flight
 from shared.jobs import kinds
 from workers.runtime import publisher, resources
+from workers.tasks.webhooks import outbox as webhook_outbox
 
 MAINTENANCE = {"bind": True, "ignore_result": True, "soft_time_limit": 110, "time_limit": 120}
 
@@ -61,6 +62,7 @@ def redispatch_lost(self: Task) -> dict:
             max_redispatches=res.settings.stuck_max_redispatches,
             statuses=res.statuses,
             notifications=res.notifications,
+            webhooks=webhook_outbox(self.app),
         )
     finally:
         in_flight.close()
@@ -80,5 +82,6 @@ def reap_stuck(self: Task) -> dict:
         grace_seconds=res.settings.stuck_grace_seconds,
         idempotent_kinds=kinds.rerunnable_kinds(),
         max_attempts=res.settings.stuck_max_redispatches,
+        webhooks=webhook_outbox(self.app),
     )
     return {"failed": outcome.failed, "redispatched": outcome.redispatched}
