@@ -20,17 +20,15 @@ import pytest
 from client import ConveyorClient
 from tests.support.accounts import PASSWORD, fund
 from tests.support.processes import free_port
-from tests.support.webstack import served_stack
 
 pytestmark = pytest.mark.integration
 
 CONVEYOR = str(Path(sys.executable).parent / "conveyor")
 
 
-@pytest.fixture(scope="module")
-def server(settings, redis_client, tmp_path_factory):
-    with served_stack(settings, redis_client, tmp_path_factory.mktemp("client")) as stack:
-        yield stack
+@pytest.fixture
+def server(served):
+    return served
 
 
 class Recording(httpx.BaseTransport):
@@ -52,10 +50,13 @@ def _user(server) -> tuple[int, str]:
         return created["id"], api.login(name, PASSWORD)["access_token"]
 
 
-def test_wait_returns_the_result_by_stream(server):
+@pytest.mark.parametrize("where", ["events", "web"])
+def test_wait_returns_the_result_by_stream(server, where):
+    """From the events process (held open), or from web (replay and close, then reconnect)."""
     _, token = _user(server)
     transport = Recording()
-    with ConveyorClient(server.url, token, transport=transport) as api:
+    events_url = server.events_url if where == "events" else server.url
+    with ConveyorClient(server.url, token, events_url=events_url, transport=transport) as api:
         task_id = api.submit("random", {"count": 3})["task_id"]
         seen_progress: list[int] = []
         final = api.wait(
@@ -112,7 +113,13 @@ def test_submit_retries_with_one_idempotency_key_and_creates_one_job(server):
 
 def _cli(server, *args: str, token: str | None, config_home: Path, timeout: float = 90):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    env.update({"CONVEYOR_URL": server.url, "XDG_CONFIG_HOME": str(config_home)})
+    env.update(
+        {
+            "CONVEYOR_URL": server.url,
+            "CONVEYOR_EVENTS_URL": server.events_url,
+            "XDG_CONFIG_HOME": str(config_home),
+        }
+    )
     if token:
         env["CONVEYOR_TOKEN"] = token
     return subprocess.run(

@@ -18,7 +18,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support.accounts import PASSWORD
-from tests.support.webstack import served_stack
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +40,9 @@ new MutationObserver((records) => {
 """
 
 
-@pytest.fixture(scope="module")
-def server(settings, redis_client, tmp_path_factory):
-    with served_stack(settings, redis_client, tmp_path_factory.mktemp("pages")) as stack:
-        yield stack
+@pytest.fixture
+def server(served):
+    return served
 
 
 @pytest.fixture(scope="module")
