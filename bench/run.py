@@ -16,11 +16,12 @@ from pathlib import Path
 
 import redis
 
-from bench import machine, report, wrk
+from bench import event_streams, machine, report, wrk
 from bench.client import ApiClient, login
 from bench.scenarios import PASSWORD, Bench, Options
 from bench.stack import ROOT, BenchDatabase, Processes, delete_prefixed_keys
 from bench.users import create_users
+from shared.settings import Settings
 
 # Variables a developer's shell may carry that would point the stack elsewhere.
 _INHERITED = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PROMETHEUS_MULTIPROC_DIR", "PORT")
@@ -106,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         conveyor["poll"] = bench.poll(client.token, base, drained)
         bench.ai(client)
         wallet_on, wallet_off = bench.wallet(client.token, base, client)
+        stream_settings = Settings.from_env(env)
+        stream_owner, stream_token = event_streams.bench_user(stream_settings)
+        bench.figures += event_streams.measure(
+            stream_settings, env, procs, stream_token, stream_owner
+        )
         pg_version = db.query("SHOW server_version")[0][0]
         page = report.markdown(
             command=_command(argv),
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("Conveyor submit / naive `/health`", conveyor["submit"], naive["health"]),
                 ("`GET /wallet` cache on / cache off", wallet_on, wallet_off),
             ],
-            notes=LIMITS,
+            notes=LIMITS + event_streams.NOTES,
             profile=_profile_section(bench.profiles),
         )
         output = Path(args.output)
