@@ -64,7 +64,8 @@ def send(
     request = _pinned_request(client, target, body)
     request.headers.update(webhooks_signing.headers(secret, msg_id, timestamp, body))
     try:
-        response = client.send(request)
+        # Streamed and closed unread: a receiver cannot make us download its body.
+        response = client.send(request, stream=True)
         response.close()
     except httpx.TimeoutException:
         return AttemptResult(None, "timed out", _elapsed_ms(started))

@@ -12,7 +12,7 @@ from shared.jobs.kinds import KIND_QUEUES, KINDS, QUEUES, hard_time_limits, reru
 from workers.factory import create_celery_app
 
 # Tasks that are not job kinds: they have no job row (beat's and the canary).
-NOT_JOBS = {"cache.warm_scheduled", "system.ping"} | {
+NOT_JOBS = {"cache.warm_scheduled", "system.ping", "webhooks.deliver"} | {
     f"maintenance.{name}"
     for name in ("expire_jobs", "expire_notifications", "redispatch_lost", "reap_stuck")
 }

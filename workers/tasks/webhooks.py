@@ -63,9 +63,9 @@ def deliver(self: Task, delivery_id: str) -> None:
         log.error("dropping webhook message with a malformed delivery id %r", delivery_id)
         return
     with res.sessions.begin() as session:
-        planned = webhooks.claim_attempt(
-            session, parsed, lease_seconds=settings.webhook_timeout_seconds + 30
-        )
+        # Held past the task's hard limit: a copy of this message cannot start
+        # a second request while this attempt may still be running.
+        planned = webhooks.claim_attempt(session, parsed, lease_seconds=HARD_LIMIT_SECONDS + 15)
     if planned is None:
         return  # delivered, given up, deleted, or another copy holds it right now
     result = send(
