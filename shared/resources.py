@@ -73,6 +73,11 @@ class Resources:
             self._hasher = PasswordHasher(self.settings.password_hash_method)
         return self._hasher
 
+    @property
+    def supports_one_statement_posting(self) -> bool:
+        """PostgreSQL runs a ledger job's claim, posting and finish as one statement."""
+        return self.engine.dialect.name == "postgresql"
+
     def close(self) -> None:
         self.engine.dispose()
         self.autocommit_engine.dispose()

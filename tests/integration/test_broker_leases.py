@@ -96,6 +96,18 @@ def _entries(res, ids: list[str]) -> dict[str, int]:
     return counts
 
 
+def _waiting_on_a_lock(res) -> bool:
+    """A worker's posting is running and waits on the wallet row the test holds."""
+    with res.engine.connect() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return waiting > 0
+
+
 def _unacked(redis_client, prefix: str) -> int:
     return redis_client.hlen(f"{prefix}unacked")
 
@@ -113,7 +125,7 @@ def test_a_killed_workers_running_and_reserved_jobs_complete_once(leased, redis_
             60,
             "the worker holding all four messages",
         )
-        _wait(lambda: any(j.state == "STARTED" for j in _jobs(res, ids).values()), 30, "a start")
+        _wait(lambda: _waiting_on_a_lock(res), 30, "a posting blocked on the wallet")
         os.killpg(doomed.pid, signal.SIGKILL)
         doomed.wait(timeout=10)
         killed_at = time.monotonic()
@@ -148,7 +160,7 @@ def test_a_healthy_job_longer_than_the_visibility_timeout_runs_once(
     holder = start_worker("holder")
     with _wallet_locked(res, user_id):
         task_id = _credit(client, headers, 700)
-        _wait(lambda: _jobs(res, [task_id])[task_id].state == "STARTED", 30, "the job starting")
+        _wait(lambda: _waiting_on_a_lock(res), 30, "the posting blocked on the wallet")
         # A second worker consumes the same queue: without leases it would
         # restore the running job's message after 4 s and start it again.
         start_worker("bystander")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
-from shared import ledger
+from shared import job_posting, jobs, ledger
+from shared.jobs.lifecycle import announce_outcome
 from shared.wallet_cache import invalidate_user
 from workers.job_run import JobRun, run_job
+from workers.runtime import resources
+from workers.tasks.webhooks import outbox as webhook_outbox
+
+log = logging.getLogger(__name__)
 
 # Transient database trouble (a restart, a dropped connection) is retried; the
 # job-row lock and the (job, seq) unique key make a retried posting apply once.
@@ -25,7 +32,38 @@ LEDGER_RETRY = {
 @shared_task(name="ledger.transaction", bind=True, ignore_result=True, **LEDGER_RETRY)
 def transaction(self: Task, job_id: str) -> None:
     """Post one credit or debit for the job's owner."""
-    run_job(self, job_id, _post_one)
+    if not _post_in_one_statement(self, job_id):
+        run_job(self, job_id, _post_one)
+
+
+def _post_in_one_statement(task: Task, job_id: str) -> bool:
+    """The PostgreSQL fast path (shared/job_posting.py); False: take the general path.
+
+    The general path also handles what this one does not: SQLite, a malformed
+    id, and a debit that would overdraw (it fails the job with its code).
+    """
+    res = resources(task.app)
+    parsed = jobs.parse_job_id(job_id)
+    if parsed is None or not res.supports_one_statement_posting:
+        return False
+    with res.sessions.begin() as session:
+        outcome = job_posting.post_and_finish(session, parsed, now=jobs.utcnow())
+    if outcome.skipped:
+        log.info("job %s already finished or cancelled; skipping", job_id)
+        return True
+    if outcome.refused:
+        return False
+    # Committed; the cache is invalidated before SUCCESS is published, so a read after it is fresh.
+    invalidate_user(res.cache, outcome.owner_id)
+    announce_outcome(
+        res.statuses,
+        res.notifications,
+        outcome.owner_id,
+        outcome.status,
+        outcome.summary,
+        webhooks=webhook_outbox(task.app) if outcome.has_webhooks else None,
+    )
+    return True
 
 
 def _post_one(run: JobRun) -> str:

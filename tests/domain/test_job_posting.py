@@ -1,0 +1,98 @@
+"""The one-statement ledger job: claim, post and finish together, or nothing at all."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from sqlalchemy import func, select
+
+from shared import jobs, ledger
+from shared.job_posting import post_and_finish
+from shared.models import Job, LedgerEntry
+
+
+def _job(resources, owner_id: int, params: dict) -> uuid.UUID:
+    with resources.autocommit_engine.connect() as conn:
+        created = jobs.create_job(
+            conn, owner_id=owner_id, kind="ledger.transaction", params=params, ttl_seconds=3600
+        )
+    return uuid.UUID(created.status["task_id"])
+
+
+def _post(resources, job_id: uuid.UUID, *_what):
+    with resources.sessions.begin() as session:
+        return post_and_finish(session, job_id, now=jobs.utcnow())
+
+
+def _entries(resources, job_id) -> int:
+    with resources.sessions() as session:
+        return session.scalar(select(func.count()).where(LedgerEntry.job_id == job_id))
+
+
+def test_posts_and_finishes_in_one_statement(resources, make_user):
+    user_id, _ = make_user("onestmt")
+    job_id = _job(resources, user_id, {"type": "credit", "amount": 250})
+    outcome = _post(resources, job_id, "credit", 250)
+    assert not outcome.skipped and not outcome.refused
+    status = outcome.status
+    assert status["state"] == "SUCCESS" and status["progress"] == 100
+    assert status["result"]["balance"] == 250 and status["result"]["transaction_id"] > 0
+    assert outcome.summary == "credit of 250 posted; balance 250"
+    with resources.sessions() as session:
+        row = session.get(Job, job_id)
+        assert (row.state, row.attempts) == ("SUCCESS", 1)
+        assert ledger.ledger_sum(session, user_id) == 250
+    assert _entries(resources, job_id) == 1
+
+
+def test_a_second_delivery_or_a_cancelled_job_writes_nothing(resources, make_user):
+    user_id, _ = make_user("onestmt_dup")
+    job_id = _job(resources, user_id, {"type": "credit", "amount": 10})
+    assert not _post(resources, job_id, "credit", 10).skipped
+    again = _post(resources, job_id, "credit", 10)
+    assert again.skipped and again.status is None
+    cancelled = _job(resources, user_id, {"type": "credit", "amount": 99})
+    with resources.sessions.begin() as session:
+        jobs.cancel_job(session, cancelled, user_id)
+    assert _post(resources, cancelled, "credit", 99).skipped
+    assert _entries(resources, job_id) == 1 and _entries(resources, cancelled) == 0
+    with resources.sessions() as session:
+        assert ledger.ledger_sum(session, user_id) == 10
+
+
+def test_an_overdraft_is_refused_and_changes_nothing(resources, make_user):
+    user_id, _ = make_user("onestmt_over")
+    job_id = _job(resources, user_id, {"type": "debit", "amount": 5})
+    outcome = _post(resources, job_id, "debit", 5)
+    assert outcome.refused and outcome.owner_id == user_id
+    assert _entries(resources, job_id) == 0
+    with resources.sessions() as session:
+        assert session.get(Job, job_id).state == "PENDING"
+
+
+def test_forty_concurrent_debits_of_100_on_2000_exactly_twenty_post(resources, make_user):
+    user_id, _ = make_user("onestmt_race")
+    with resources.sessions.begin() as session:
+        ledger.post(session, user_id=user_id, entry_type="credit", amount=2_000)
+    debits = [_job(resources, user_id, {"type": "debit", "amount": 100}) for _ in range(40)]
+    start = threading.Barrier(len(debits))
+    outcomes = []
+    lock = threading.Lock()
+
+    def debit(job_id):
+        start.wait()
+        outcome = _post(resources, job_id, "debit", 100)
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=debit, args=(j,)) for j in debits]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(1 for o in outcomes if o.status) == 20
+    assert sum(1 for o in outcomes if o.refused) == 20
+    with resources.sessions() as session:
+        assert ledger.ledger_sum(session, user_id) == 0
+        assert session.scalar(select(func.min(LedgerEntry.balance_after))) >= 0
