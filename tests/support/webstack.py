@@ -25,6 +25,9 @@ def served_stack(
         stack.start_worker("worker", queues=",".join(QUEUES), concurrency=2)
         port = free_port()
         env = {**stack.env, "PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_THREADS": "8"}
+        # Stop within seconds at the end: gunicorn otherwise waits out idle
+        # keep-alive connections (a browser's, a client's) for its 30 s grace.
+        env["GUNICORN_CMD_ARGS"] = "--graceful-timeout 3"
         argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "api.wsgi:app"]
         with (
             running_server(argv, env=env, log_path=log_dir / "web.log", port=port),
