@@ -145,8 +145,6 @@ class EventHub:
         self._by_owner: dict[str, set[Subscription]] = {}
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self.delivered = 0
 
     def subscribe(self, *, job_id: str | None = None, owner_id: int | None = None) -> Subscription:
         """Register an inbox for one job's events or for all of one owner's."""
@@ -170,21 +168,11 @@ class EventHub:
                     if not members:
                         del index[key]
 
-    @property
-    def subscriptions(self) -> int:
-        with self._lock:
-            return sum(len(s) for s in self._by_job.values()) + sum(
-                len(s) for s in self._by_owner.values()
-            )
-
-    def stop(self) -> None:
-        self._stopping.set()
-
     def _run(self) -> None:
         last: str | None = None
         lost = False
         backoff = 0.1
-        while not self._stopping.is_set():
+        while True:
             try:
                 if last is None:
                     newest = self._redis.xrevrange(self._keys.firehose, count=1)
@@ -214,7 +202,6 @@ class EventHub:
             targets.extend(self._by_owner.get(event.owner_id or "", ()))
         for sub in targets:
             sub.inbox.put(event)
-        self.delivered += len(targets)
 
     def _broadcast(self, marker: str) -> None:
         with self._lock:

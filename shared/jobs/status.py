@@ -90,8 +90,11 @@ _WRITE_STATUS = (
 local current = redis.call('HGET', KEYS[1], 'state')
 if ARGV[4] == 'nx' and current then return 0 end
 if current == 'SUCCESS' or current == 'FAILURE' or current == 'REVOKED' then return 0 end
-if ARGV[3] == 'STARTED' and redis.call('HSETNX', KEYS[1], 'claimed', '1') == 1 then
-  -- A first claim: advance the queue's claimed ticket and note the time.
+if ARGV[3] ~= 'PENDING' and ARGV[3] ~= 'REVOKED'
+   and redis.call('HSETNX', KEYS[1], 'claimed', '1') == 1 then
+  -- A worker's first write (STARTED, or straight to the outcome for a job run
+  -- in one statement): the job left its queue. Advance the queue's claimed
+  -- ticket and note the time. A cancel does not: the message is still queued.
   local ticket = tonumber(redis.call('HGET', KEYS[1], 'ticket') or '')
   if ticket then
     if ticket > tonumber(redis.call('GET', KEYS[5]) or '0') then
