@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, Response, request
 from flask_compress import Compress
 from flask_cors import CORS
@@ -79,50 +81,83 @@ def init_hardening(app: Flask, settings: Settings) -> None:
     app.config.update(
         COMPRESS_ALGORITHM=["gzip"],
         COMPRESS_MIN_SIZE=COMPRESS_MIN_BYTES,
-        # The pages' scripts and styles too (Swagger UI's bundle is 1.6 MB raw).
-        COMPRESS_MIMETYPES=[
-            "application/json",
-            "text/plain",
-            "text/html",
-            "text/css",
-            "text/javascript",
-        ],
-        COMPRESS_REGISTER=True,
+        COMPRESS_MIMETYPES=["application/json", "text/plain"],
+        # Registered below, behind a size check.
+        COMPRESS_REGISTER=False,
     )
-    Compress(app)
-    production = settings.is_production
+    compress = Compress(app)
 
     @app.after_request
-    def _security_headers(response: Response) -> Response:
-        if response.status_code == 413:
-            _drain_request_body(response)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
+    def _compress_large(response: Response) -> Response:
+        # Most answers (a poll, /healthz) are far below the threshold: skip
+        # flask-compress's negotiation for them (`Vary` is still added below).
+        length = response.content_length
+        if length is not None and length < COMPRESS_MIN_BYTES:
+            return response
+        return compress.after_request(response)
+
+    # Fixed headers go on as plain tuples around the whole app rather than
+    # through an after_request hook: werkzeug's Headers.setdefault raises and
+    # catches a KeyError per missing header, six times per request.
+    app.wsgi_app = ResponseDefaults(app.wsgi_app, production=settings.is_production)  # type: ignore[method-assign]
+
+
+class ResponseDefaults:
+    """WSGI middleware: security headers, no-store and Vary unless set; drains refused bodies."""
+
+    def __init__(self, app: Any, *, production: bool) -> None:
+        self.app = app
+        defaults = dict(SECURITY_HEADERS)
         # Responses carry per-user data and job state: no cache may keep them.
-        response.headers.setdefault("Cache-Control", "no-store")
+        defaults["Cache-Control"] = "no-store"
         if production:
-            response.headers.setdefault("Strict-Transport-Security", HSTS)
-        return response
+            defaults["Strict-Transport-Security"] = HSTS
+        self._defaults = [(name.lower(), (name, value)) for name, value in defaults.items()]
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            present = {name.lower() for name, _ in headers}
+            headers.extend(pair for lower, pair in self._defaults if lower not in present)
+            # gzip may be chosen by Accept-Encoding: caches must key on it (as
+            # flask-compress does for the bodies it compresses).
+            if "vary" not in present:
+                headers.append(("Vary", "Accept-Encoding"))
+            else:
+                _vary_on_encoding(headers)
+            if status.startswith("413"):
+                _drain_request_body(environ, headers)
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
 
 
-def _drain_request_body(response: Response) -> None:
+def _vary_on_encoding(headers: list[tuple[str, str]]) -> None:
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == "vary" and "accept-encoding" not in value.lower():
+            headers[index] = (name, f"{value}, Accept-Encoding")
+
+
+def _drain_request_body(environ: dict, headers: list[tuple[str, str]]) -> None:
     # Answering while the client is still sending makes the server close a
     # socket with unread data: the client sees a reset, not our JSON error.
-    stream = request.environ.get("wsgi.input")
-    length = request.content_length
-    if stream is None or (length is not None and length > DRAIN_MAX_BYTES):
-        response.headers["Connection"] = "close"
-        return
-    remaining = DRAIN_MAX_BYTES
+    stream = environ.get("wsgi.input")
     try:
-        while remaining > 0:
-            chunk = stream.read(min(65536, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-    except (OSError, ValueError):
-        pass
-    response.headers["Connection"] = "close"
+        length = int(environ.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        length = -1
+    if stream is not None and length <= DRAIN_MAX_BYTES:
+        remaining = DRAIN_MAX_BYTES
+        try:
+            while remaining > 0:
+                chunk = stream.read(min(65536, remaining))
+                if not chunk:
+                    return  # all read: the connection can stay open
+                remaining -= len(chunk)
+        except (OSError, ValueError):
+            pass
+    # Too much (or unreadable) to drain: close rather than leave unread data.
+    headers[:] = [(name, value) for name, value in headers if name.lower() != "connection"]
+    headers.append(("Connection", "close"))
 
 
 def _refuse_large_bodies() -> None:

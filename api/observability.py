@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry
@@ -31,7 +33,7 @@ def init_app(app: Flask, res: Resources, queues: list[str]) -> None:
         not res.settings.is_production or res.settings.debug_query_count
     )
     app.before_request(_begin)
-    app.after_request(_end)
+    app.after_request(_make_end(res.settings.slow_request_seconds))
     app.teardown_request(_teardown)
     app.register_blueprint(metrics.bp)
 
@@ -46,33 +48,53 @@ def _begin() -> None:
         g.query_box = slow_queries.start_counting()
 
 
-def _end(response: Response) -> Response:
-    elapsed = time.perf_counter() - g.get("obs_started", time.perf_counter())
-    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-    if route != "/metrics":  # scrapes would otherwise dominate the latency histogram
-        metrics.HTTP_LATENCY.labels(route, request.method, str(response.status_code)).observe(
-            elapsed
-        )
-    identity = g.get("identity")
-    fields = {
-        "method": request.method,
-        "route": route,
-        "path": request.path,
-        "status": response.status_code,
-        "duration_ms": round(elapsed * 1000, 2),
-        "request_id": g.get("request_id"),
-        "user_id": getattr(identity, "user_id", None),
-    }
-    box = g.get("query_box")
-    if box is not None:
-        fields["query_count"] = box[0]
-        response.headers["X-Query-Count"] = str(box[0])
-    settings = current_app.extensions["conveyor"].settings
-    if elapsed >= settings.slow_request_seconds:
-        access_log.warning("slow request %s %s", request.method, route, extra=fields)
-    else:
-        access_log.info("%s %s %s", request.method, route, response.status_code, extra=fields)
-    return response
+# (route, method, status) -> its histogram child: `labels()` validates and
+# locks on every call, a measurable share of a /healthz.
+_latency_children: dict[tuple[str, str, int], Any] = {}
+
+
+def _latency(route: str, method: str, status: int) -> Any:
+    key = (route, method, status)
+    child = _latency_children.get(key)
+    if child is None:
+        child = _latency_children[key] = metrics.HTTP_LATENCY.labels(route, method, str(status))
+    return child
+
+
+def _make_end(slow_seconds: float) -> Callable[[Response], Response]:
+    def _end(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("obs_started", time.perf_counter())
+        req = request._get_current_object()  # one context lookup, not one per attribute
+        rule = req.url_rule
+        route = rule.rule if rule is not None else "<unmatched>"
+        status = response.status_code
+        if route != "/metrics":  # scrapes would otherwise dominate the latency histogram
+            _latency(route, req.method, status).observe(elapsed)
+        box = g.get("query_box")
+        if box is not None:
+            response.headers["X-Query-Count"] = str(box[0])
+        slow = elapsed >= slow_seconds
+        # The access line's fields only when it is written (LOG_LEVEL=WARNING skips it).
+        if slow or access_log.isEnabledFor(logging.INFO):
+            identity = g.get("identity")
+            fields = {
+                "method": req.method,
+                "route": route,
+                "path": req.path,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "request_id": g.get("request_id"),
+                "user_id": getattr(identity, "user_id", None),
+            }
+            if box is not None:
+                fields["query_count"] = box[0]
+            if slow:
+                access_log.warning("slow request %s %s", req.method, route, extra=fields)
+            else:
+                access_log.info("%s %s %s", req.method, route, status, extra=fields)
+        return response
+
+    return _end
 
 
 def _teardown(_exc: BaseException | None) -> None:
