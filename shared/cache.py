@@ -197,15 +197,19 @@ class Cache:
         except redis.RedisError:
             log.warning("could not cache %s", key, exc_info=True)
 
-    def invalidate(self, scope: str) -> None:
+    def invalidate(self, scope: str, *, pipe: redis.client.Pipeline | None = None) -> None:
         """Make every cached value of `scope` unreachable by bumping its generation.
 
         Runs even with the cache disabled: another process may have it enabled.
+        With `pipe`, the writes are queued there, ahead of what follows them.
         """
-        pipe = self.redis.pipeline(transaction=True)
+        own = pipe is None
+        if own:
+            pipe = self.redis.pipeline(transaction=True)
         pipe.incr(self.generation_key(scope))
         pipe.expire(self.generation_key(scope), self.generation_ttl)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     # Statistics
 

@@ -24,9 +24,19 @@ class Notifications:
         self._ttl = ttl_seconds
 
     def push(
-        self, user_id: int, *, type: str, title: str, message: str, task_id: str | None
+        self,
+        user_id: int,
+        *,
+        type: str,
+        title: str,
+        message: str,
+        task_id: str | None,
+        pipe: redis.client.Pipeline | None = None,
     ) -> dict[str, Any]:
-        """Add a notification (newest first), trimming to the cap and refreshing the TTL."""
+        """Add a notification (newest first), trimming to the cap and refreshing the TTL.
+
+        With `pipe`, the writes are queued there (sent with the pipeline).
+        """
         item = {
             "id": uuid.uuid4().hex,
             "type": type,
@@ -36,11 +46,14 @@ class Notifications:
             "created_at": isoformat(utcnow()),
         }
         key = self._keys.notifications(user_id)
-        pipe = self._redis.pipeline(transaction=True)
+        own = pipe is None
+        if own:
+            pipe = self._redis.pipeline(transaction=True)
         pipe.lpush(key, json.dumps(item, separators=(",", ":")))
         pipe.ltrim(key, 0, self._max - 1)
         pipe.expire(key, self._ttl)
-        pipe.execute()
+        if own:
+            pipe.execute()
         return {**item, "read": False}
 
     def recent(self, user_id: int, *, unread_only: bool = False) -> list[dict[str, Any]]:

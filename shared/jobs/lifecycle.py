@@ -9,11 +9,12 @@ raised, because the row already holds the outcome.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from shared.jobs.status import StatusStore, publish
+from shared.jobs.status import StatusStore
 from shared.notifications import Notifications
 
 if TYPE_CHECKING:
@@ -32,27 +33,40 @@ def announce_outcome(
     message: str,
     *,
     webhooks: WebhookOutbox | None = None,
+    first: Callable[[redis.client.Pipeline], None] | None = None,
 ) -> None:
-    """Publish a finished job's document, notify its owner (`message`), queue its webhooks."""
-    publish(statuses, owner_id, status)
+    """Publish a finished job's document, notify its owner (`message`), queue its webhooks.
+
+    The document (and its event), the notification and its event go to Redis
+    in one pipelined trip, after whatever `first` queues on the same pipeline
+    (a worker's cache invalidation, so a read after SUCCESS is never stale).
+    """
+    outcome = _OUTCOMES.get(status["state"])
+    try:
+        pipe = statuses.pipeline()
+        if first is not None:
+            first(pipe)
+        statuses.write(owner_id, status, pipe=pipe)
+        if outcome is not None:  # REVOKED: the owner cancelled it; no notification
+            kind, verb = outcome
+            item = notifications.push(
+                owner_id,
+                type=kind,
+                title=f"{status['kind']} {verb}",
+                message=message,
+                task_id=status["task_id"],
+                pipe=pipe,
+            )
+            # After the terminal state event, so GET /events shows the outcome first.
+            statuses.notify(owner_id, item, pipe=pipe)
+        pipe.execute()
+    except redis.RedisError:
+        log.warning(
+            "status of job %s not published: Redis unavailable (nor its notification)",
+            status["task_id"],
+        )
     if webhooks is not None:
         _queue_webhooks(webhooks, owner_id, status)
-    outcome = _OUTCOMES.get(status["state"])
-    if outcome is None:
-        return  # REVOKED: the owner cancelled it and needs no notification
-    kind, verb = outcome
-    try:
-        item = notifications.push(
-            owner_id,
-            type=kind,
-            title=f"{status['kind']} {verb}",
-            message=message,
-            task_id=status["task_id"],
-        )
-        # After the terminal state event, so GET /events shows the outcome first.
-        statuses.notify(owner_id, item)
-    except redis.RedisError:
-        log.warning("notification for job %s not written: Redis unavailable", status["task_id"])
 
 
 def _queue_webhooks(webhooks: WebhookOutbox, owner_id: int, status: dict[str, Any]) -> None:

@@ -179,6 +179,10 @@ class StatusStore:
         self._enqueued = client.register_script(_RECORD_ENQUEUED)
         self._notify = client.register_script(_APPEND_NOTIFICATION)
 
+    def pipeline(self) -> redis.client.Pipeline:
+        """A non-transactional pipeline on this store's client, to batch writes in one trip."""
+        return self._redis.pipeline(transaction=False)
+
     def _queue_key(self, queue: str, name: str) -> str:
         return f"{self._keys.prefix}queue:{queue}:{name}"
 
@@ -189,11 +193,13 @@ class StatusStore:
         *,
         only_if_missing: bool = False,
         event: str = "state",
+        pipe: redis.client.Pipeline | None = None,
     ) -> bool:
         """Store `status` and append it as an event, unless the stored one is terminal.
 
-        One round trip (a Lua script). `only_if_missing` writes a snapshot of
-        the row (no event). True when written.
+        One round trip (a Lua script), or queued on `pipe` (then the answer
+        comes with the pipeline's). `only_if_missing` writes a snapshot of the
+        row (no event). True when written.
         """
         document = status if "queue_position" in status else {**status, **NO_ESTIMATE}
         job_id = status["task_id"]
@@ -220,8 +226,9 @@ class StatusStore:
                 USER_STREAM_MAX,
                 FIREHOSE_MAX,
             ],
+            client=pipe,
         )
-        return bool(written)
+        return pipe is None and bool(written)
 
     def record_enqueued(self, owner_id: int, status: dict[str, Any]) -> int | None:
         """A just-published job's PENDING document, queue ticket and first event; its ticket."""
@@ -249,8 +256,13 @@ class StatusStore:
         )
         return int(ticket) or None
 
-    def notify(self, owner_id: int, notification: dict[str, Any]) -> str:
-        """Append `notification` to its owner's event stream; returns the event id."""
+    def notify(
+        self,
+        owner_id: int,
+        notification: dict[str, Any],
+        pipe: redis.client.Pipeline | None = None,
+    ) -> str:
+        """Append `notification` to its owner's event stream; the event id (unless on `pipe`)."""
         return self._notify(
             keys=[self._streams.user(owner_id), self._streams.firehose],
             args=[
@@ -263,6 +275,7 @@ class StatusStore:
                 USER_STREAM_MAX,
                 FIREHOSE_MAX,
             ],
+            client=pipe,
         )
 
     def read(self, job_id: str, owner_id: int) -> dict[str, Any] | None:

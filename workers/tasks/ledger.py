@@ -9,7 +9,7 @@ from sqlalchemy.exc import OperationalError
 
 from shared import job_posting, jobs, ledger
 from shared.jobs.lifecycle import announce_outcome
-from shared.wallet_cache import invalidate_user
+from shared.wallet_cache import invalidate_user, user_scope
 from workers.job_run import JobRun, run_job
 from workers.runtime import resources
 from workers.tasks.webhooks import outbox as webhook_outbox
@@ -53,8 +53,8 @@ def _post_in_one_statement(task: Task, job_id: str) -> bool:
         return True
     if outcome.refused:
         return False
-    # Committed; the cache is invalidated before SUCCESS is published, so a read after it is fresh.
-    invalidate_user(res.cache, outcome.owner_id)
+    # Committed. One Redis trip: the cache invalidated, then SUCCESS published,
+    # so a read after SUCCESS is fresh.
     announce_outcome(
         res.statuses,
         res.notifications,
@@ -62,6 +62,7 @@ def _post_in_one_statement(task: Task, job_id: str) -> bool:
         outcome.status,
         outcome.summary,
         webhooks=webhook_outbox(task.app) if outcome.has_webhooks else None,
+        first=lambda pipe: res.cache.invalidate(user_scope(outcome.owner_id), pipe=pipe),
     )
     return True
 
