@@ -7,12 +7,11 @@ from pathlib import Path
 import flask_swagger_ui
 from flask import Blueprint, Response, send_file
 
-from api.errors import ApiError
 from api.hardening import DOCS_PAGE_CSP, page_policy
 from api.limits import unlimited
 from api.openapi import PlainText, documented
+from api.static_files import PAGES, serve_asset
 
-PAGES = Path(__file__).resolve().parent.parent / "pages"
 SWAGGER_DIST = Path(flask_swagger_ui.__file__).resolve().parent / "dist"
 # Every file the page loads; anything else is a 404 (no path is built from input).
 ASSETS = {
@@ -48,9 +47,4 @@ def docs_page() -> Response:
     tags=("docs",),
 )
 def docs_asset(name: str) -> Response:
-    path = ASSETS.get(name)
-    if path is None:
-        raise ApiError(404, "not_found", "no such file")
-    response = send_file(path, max_age=ASSET_MAX_AGE)
-    response.headers["Cache-Control"] = f"public, max-age={ASSET_MAX_AGE}"
-    return response
+    return serve_asset(ASSETS, name, ASSET_MAX_AGE)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flask import Blueprint, Response, send_file
 
-from api.errors import ApiError
 from api.hardening import JOBS_PAGE_CSP, page_policy
 from api.limits import unlimited
 from api.openapi import PlainText, documented
+from api.static_files import PAGES, serve_asset
 
-PAGES = Path(__file__).resolve().parent.parent / "pages"
 ASSETS = {"app.js": PAGES / "app.js", "app.css": PAGES / "app.css"}
 ASSET_MAX_AGE = 300
 
@@ -39,9 +36,4 @@ def jobs_page() -> Response:
     tags=("pages",),
 )
 def page_asset(name: str) -> Response:
-    path = ASSETS.get(name)
-    if path is None:
-        raise ApiError(404, "not_found", "no such file")
-    response = send_file(path, max_age=ASSET_MAX_AGE)
-    response.headers["Cache-Control"] = f"public, max-age={ASSET_MAX_AGE}"
-    return response
+    return serve_asset(ASSETS, name, ASSET_MAX_AGE)
