@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import time
 
-from bench.users import create_users
 from chaos import invariants, scenario
-from chaos.load import Load, fund_users, plan
 from chaos.scenario import Context, Result
-from chaos.stack import Conveyor, PostgresCluster, RedisServer, conveyor_env
+from chaos.stack import PostgresCluster, RedisServer
 
 NAME = "postgres-outage"
 JOBS = 700
@@ -26,19 +24,17 @@ def run(ctx: Context) -> Result:
     db = cluster.create_database("conveyor")
     redis_server = RedisServer(ctx.procs, ctx.work_dir / "redis")
     redis_server.start()
-    env = conveyor_env(db.url, redis_server.url, ctx.work_dir)
-    conveyor = Conveyor(ctx.procs, env)
-    base = conveyor.start_web()
-    conveyor.start_beat()
-    conveyor.start_worker("worker")
-    conveyor.wait_worker_ready("worker")
-    worker = conveyor.worker_pid("worker")
-    beat = ctx.procs.pid("beat")
-
-    tokens = create_users(env, f"chaos_{ctx.run_id}_p", scenario.USERS)
-    load = Load(base, tokens, plan(JOBS, len(tokens), seed=3), rate=RATE, allowed_503=ALLOWED_503)
-    load.accepted.update(fund_users(base, tokens, scenario.FUNDING))
-    load.start()
+    stack = scenario.one_host_stack(
+        ctx,
+        db.url,
+        redis_server.url,
+        user_prefix=f"chaos_{ctx.run_id}_p",
+        jobs=JOBS,
+        seed=3,
+        rate=RATE,
+        allowed_503=ALLOWED_503,
+    )
+    conveyor, worker, beat, load = stack.conveyor, stack.worker, stack.beat, stack.load
     load.wait_submitted(len(load.jobs) // 4, timeout=60)
     cluster.stop(immediate=True)
     # The outage itself: submits and polls keep coming meanwhile.

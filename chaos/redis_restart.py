@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 
 from bench.stack import BenchDatabase
-from bench.users import create_users
 from chaos import invariants, scenario
-from chaos.load import Load, fund_users, plan
 from chaos.scenario import Context, Result
-from chaos.stack import Conveyor, RedisServer, conveyor_env
+from chaos.stack import RedisServer
 
 NAME = "redis-restart"
 JOBS = 900
@@ -26,19 +24,17 @@ def run(ctx: Context) -> Result:
     ctx.later(db.drop)
     redis_server = RedisServer(ctx.procs, ctx.work_dir / "redis")
     redis_server.start()
-    env = conveyor_env(db.url, redis_server.url, ctx.work_dir)
-    conveyor = Conveyor(ctx.procs, env)
-    base = conveyor.start_web()
-    conveyor.start_beat()
-    conveyor.start_worker("worker")
-    conveyor.wait_worker_ready("worker")
-    worker = conveyor.worker_pid("worker")
-    beat = ctx.procs.pid("beat")
-
-    tokens = create_users(env, f"chaos_{ctx.run_id}_r", scenario.USERS)
-    load = Load(base, tokens, plan(JOBS, len(tokens), seed=2), rate=RATE, allowed_503=ALLOWED_503)
-    load.accepted.update(fund_users(base, tokens, scenario.FUNDING))
-    load.start()
+    stack = scenario.one_host_stack(
+        ctx,
+        db.url,
+        redis_server.url,
+        user_prefix=f"chaos_{ctx.run_id}_r",
+        jobs=JOBS,
+        seed=2,
+        rate=RATE,
+        allowed_503=ALLOWED_503,
+    )
+    conveyor, worker, beat, load = stack.conveyor, stack.worker, stack.beat, stack.load
     load.wait_submitted(len(load.jobs) // 3, timeout=60)
     redis_server.kill()
     # The outage itself: nothing to observe but time passing.

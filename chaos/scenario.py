@@ -122,3 +122,47 @@ def first_finish_after(db: invariants.Database, ids: list[str], moment: float) -
     """Seconds from `moment` until the first job finished after it ("never" if none)."""
     later = [t for t in invariants.finish_times(db, ids) if t > moment]
     return f"{min(later) - moment:.1f}s" if later else "never"
+
+
+@dataclass
+class OneHostStack:
+    """web, beat and one supervised worker on a private database and Redis, with its load."""
+
+    conveyor: Any
+    base: str
+    worker: int
+    beat: int
+    load: Load
+
+
+def one_host_stack(
+    ctx: Context,
+    database_url: str,
+    redis_url: str,
+    *,
+    user_prefix: str,
+    jobs: int,
+    seed: int,
+    rate: float,
+    allowed_503: frozenset[str],
+) -> OneHostStack:
+    """Start the processes, create and fund the users, and start the paced load."""
+    from bench.users import create_users
+    from chaos.load import fund_users, plan
+    from chaos.stack import Conveyor, conveyor_env
+
+    env = conveyor_env(database_url, redis_url, ctx.work_dir)
+    conveyor = Conveyor(ctx.procs, env)
+    base = conveyor.start_web()
+    conveyor.start_beat()
+    conveyor.start_worker("worker")
+    conveyor.wait_worker_ready("worker")
+    worker = conveyor.worker_pid("worker")
+    beat = ctx.procs.pid("beat")
+    tokens = create_users(env, user_prefix, USERS)
+    load = Load(
+        base, tokens, plan(jobs, len(tokens), seed=seed), rate=rate, allowed_503=allowed_503
+    )
+    load.accepted.update(fund_users(base, tokens, FUNDING))
+    load.start()
+    return OneHostStack(conveyor, base, worker, beat, load)
