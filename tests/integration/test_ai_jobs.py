@@ -1,19 +1,19 @@
 """AI jobs end to end: HTTP submit, a real worker, a real OpenAI-compatible server on loopback.
 
-The worker here is this module's own: the session's Celery app runs with the
-offline provider, so the fixture points its settings at the fake upstream
-(`openai`, a distinctive key, a 1 s per-call timeout, quick backoff) for the
-module and restores them after.
+The worker here is this module's own gevent worker process (the Procfile's
+`worker_ai` options), configured for the fake upstream (`openai`, a
+distinctive key, a 1 s per-call timeout, quick backoff).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -21,8 +21,9 @@ from sqlalchemy import select
 from shared.ai.quota import quota_key
 from shared.models import Job
 from tests.fakes.openai_server import FakeOpenAIServer, Scripted
+from tests.support.environment import process_environment
 from tests.support.polling import wait_for_state
-from tests.support.workers import running_worker
+from tests.support.processes import running_server
 
 pytestmark = pytest.mark.integration
 
@@ -40,31 +41,51 @@ def upstream() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture(scope="module")
-def ai_worker(celery_app, upstream):
-    """A real worker on the `ai` queue whose provider is the fake upstream."""
-    from workers import ai_runtime, runtime
+def ai_worker(settings, upstream, tmp_path_factory):
+    """The Procfile's `worker_ai` (gevent) on the `ai` queue, its provider the fake upstream.
 
-    original = celery_app.conf.conveyor_settings
-    celery_app.conf.conveyor_settings = dataclasses.replace(
-        original,
-        ai_provider="openai",
-        ai_base_url=upstream.base_url,
-        ai_api_key=API_KEY,
-        ai_model="gpt-test",
-        ai_image_model="img-test",
-        ai_timeout_seconds=1.0,
-        ai_max_retries=2,
-        ai_retry_backoff_seconds=0.05,
-        ai_daily_call_limit=DAILY_LIMIT,
-    )
-    ai_runtime.reset()
-    try:
-        with running_worker(celery_app, concurrency=8, queues="ai") as controller:
-            yield controller
-    finally:
-        ai_runtime.reset()
-        celery_app.conf.conveyor_settings = original
-        runtime.reset()
+    Its own process, as in production: retries, time limits and acks run on
+    the gevent pool. Its log is kept for the tests that read it.
+    """
+    log_path = tmp_path_factory.mktemp("ai_worker") / "worker_ai.log"
+    env = {
+        **process_environment(),
+        "AI_PROVIDER": "openai",
+        "AI_BASE_URL": upstream.base_url,
+        "AI_API_KEY": API_KEY,
+        "AI_MODEL": "gpt-test",
+        "AI_IMAGE_MODEL": "img-test",
+        "AI_TIMEOUT_SECONDS": "1.0",
+        "AI_MAX_RETRIES": "2",
+        "AI_RETRY_BACKOFF_SECONDS": "0.05",
+        "AI_DAILY_CALL_LIMIT": str(DAILY_LIMIT),
+        "LOG_LEVEL": "DEBUG",
+    }
+    argv = [
+        str(Path(sys.executable).parent / "celery"),
+        "-A",
+        "workers.app",
+        "worker",
+        "-P",
+        "gevent",
+        "-Q",
+        "ai",
+        "-c",
+        "8",
+        "--prefetch-multiplier",
+        "4",
+        "-n",
+        f"ai-test-{uuid.uuid4().hex[:6]}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    with running_server(argv, env=env, log_path=log_path) as process:
+        deadline = time.monotonic() + 60
+        while " ready." not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        yield log_path
 
 
 @pytest.fixture
@@ -349,37 +370,17 @@ def test_quota_counts_each_upstream_call_and_stops_at_the_limit(
     assert fake.calls == 2
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-        if record.exc_info:
-            self.lines.append(logging.Formatter().formatException(record.exc_info))
-
-
 def test_api_key_never_reaches_status_errors_notifications_rows_or_logs(
-    client, make_user, resources, fake
+    client, make_user, resources, fake, ai_worker
 ):
     _, headers = make_user()
-    capture = _Capture()
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(capture)
-    root.setLevel(logging.DEBUG)
-    try:
-        # An upstream that wants another key answers 401 and echoes ours, as OpenAI does.
-        fake.api_key = "sk-some-other-key-000000"
-        refused_id = _submit(client, headers, "text", _unique("who am I"))
-        refused = wait_for_state(client, headers, refused_id)
-        fake.api_key = None
-        served_id = _submit(client, headers, "presentation", _unique("secret deck"))
-        served = wait_for_state(client, headers, served_id)
-    finally:
-        root.removeHandler(capture)
-        root.setLevel(level)
+    # An upstream that wants another key answers 401 and echoes ours, as OpenAI does.
+    fake.api_key = "sk-some-other-key-000000"
+    refused_id = _submit(client, headers, "text", _unique("who am I"))
+    refused = wait_for_state(client, headers, refused_id)
+    fake.api_key = None
+    served_id = _submit(client, headers, "presentation", _unique("secret deck"))
+    served = wait_for_state(client, headers, served_id)
     assert refused["error"]["code"] == "ai_rejected"
     assert "[redacted]" in refused["error"]["message"]
     assert served["state"] == "SUCCESS"
@@ -392,5 +393,7 @@ def test_api_key_never_reaches_status_errors_notifications_rows_or_logs(
         + [[row.params, row.result, row.error_message, row.message] for row in rows]
     )
     assert API_KEY not in stored
-    assert capture.lines, "the worker logged nothing; the log check would prove nothing"
-    assert not [line for line in capture.lines if API_KEY in line]
+    # The worker's own output at DEBUG, every line of it.
+    lines = ai_worker.read_text().splitlines()
+    assert [line for line in lines if refused_id in line], "the log check would prove nothing"
+    assert not [line for line in lines if API_KEY in line]
