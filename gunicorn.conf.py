@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from gunicorn.glogging import Logger
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 
@@ -15,12 +19,21 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # the port unserved); WEB_CONCURRENCY is the platform convention for overriding.
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, 2 * multiprocessing.cpu_count())))
 
-# gthread: every request waits on Redis, the database or the broker and does
-# little CPU work, so threads overlap those waits cheaply. Unlike gevent it
-# needs no monkey-patching of the web process, and unlike sync it keeps idle
-# keep-alive connections off the worker threads.
-worker_class = "gthread"
+# gevent: clients keep connections open and poll now and then, so most of a
+# worker's connections are idle; a greenlet per connection costs a few KB
+# where gthread's fixed thread pool queues requests behind busy threads, and
+# under 10,000 such clients gthread dropped over half of them (docs/benchmarks.md
+# measures both classes side by side). Requests wait on Redis or PostgreSQL
+# and do little CPU work; psycopg2 is made cooperative in post_worker_init,
+# redis-py and httpx use the patched sockets. `--worker-class gthread` on the
+# command line still runs the thread pool (WEB_THREADS threads per worker).
+worker_class = "gevent"
 threads = int(os.environ.get("WEB_THREADS", "4"))
+# Connections one gevent worker holds at once. Not divided by `workers`: the
+# kernel hands new connections to whichever worker accepts first, so one
+# worker may end up with most of them. Each costs a greenlet and a descriptor
+# (see _raise_open_files_limit).
+worker_connections = 10_000
 
 # Longer than the usual load balancer idle timeout (60 s), so the balancer
 # closes idle connections first and never reuses one we have just closed.
@@ -79,6 +92,22 @@ logconfig_dict = {
     },
 }
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+class _NoAccessLineLogger(Logger):
+    """Gunicorn's logger without its access line, which the logging config would otherwise build."""
+
+    # Any logconfig_dict turns gunicorn's access logging on: it then formats
+    # every request's atoms (a tenth of a /healthz's CPU in `make bench`'s
+    # profile) only for the `discard` handler above to drop them.
+    def _compute_access_log_enabled(self) -> bool:
+        return False
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        """Nothing: conveyor.access writes one richer line per request."""
+
+
+logger_class = _NoAccessLineLogger
 proc_name = "conveyor-web"
 
 # Worker heartbeat files on a container's overlay filesystem can stall and get
@@ -105,8 +134,74 @@ _METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 _PRIVATE_METRICS_DIR: list[str] = []
 
 
+# Requests one gevent worker runs inside the app at once; the rest of its
+# connections wait their turn idle. The work is CPU under one GIL, so more
+# would not go faster; it would only hold more pooled connections at once:
+# past the Redis pool's 200 a poll would fail over to PostgreSQL (slower
+# still), which is how 10,000 clients first overwhelmed the gevent worker.
+APP_CONCURRENCY = 64
+
+# Connections the kernel queues before a worker accepts them (gunicorn's
+# default is 2,048): while thousands of clients connect at once, a queue that
+# overflows drops their SYNs and each waits 1, 3, 7 s to retry. Linux caps
+# it at net.core.somaxconn.
+backlog = 4096
+
+# Descriptors a worker may need: its clients' sockets plus Redis, PostgreSQL,
+# metrics files and log pipes.
+_OPEN_FILES_WANTED = worker_connections + 1024
+
+
+def _raise_open_files_limit(server: Any) -> None:
+    # The common default soft limit (1,024) would refuse connections long
+    # before worker_connections; the hard limit is as far as an unprivileged
+    # process may go, and the workers inherit it from the master.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(_OPEN_FILES_WANTED, hard)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            server.log.warning("could not raise the open-files limit: %s", exc)
+    if soft < _OPEN_FILES_WANTED:
+        server.log.warning(
+            "open-files limit %d is below the %d that worker_connections needs; raise the "
+            "hard limit (ulimit -Hn, compose ulimits)",
+            soft,
+            _OPEN_FILES_WANTED,
+        )
+
+
+def post_worker_init(worker: Any) -> None:
+    """Under the gevent worker, make psycopg2 wait cooperatively (after gevent patched sockets)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("socket"):
+        return  # gthread: real threads, nothing to patch
+    from psycogreen.gevent import patch_psycopg
+
+    # Without it a database query blocks the OS thread, i.e. every connection
+    # the worker holds (the same patch as worker_ai's, workers/gevent_support.py).
+    patch_psycopg()
+    worker.wsgi = _bounded(worker.wsgi, APP_CONCURRENCY)
+
+
+def _bounded(app: Any, limit: int) -> Any:
+    """`app` run by at most `limit` greenlets at a time (the others wait, cooperatively)."""
+    from gevent.lock import BoundedSemaphore
+
+    slots = BoundedSemaphore(limit)
+
+    def bounded_app(environ: dict, start_response: Any) -> Any:
+        with slots:
+            return app(environ, start_response)
+
+    return bounded_app
+
+
 def on_starting(server: Any) -> None:
-    """Give the workers an empty shared metrics directory before the first one forks."""
+    """Raise the open-files limit and give the workers an empty shared metrics directory."""
+    _raise_open_files_limit(server)
     configured = os.environ.get(_METRICS_DIR_VAR)
     if not configured:
         # However `web` is started (the Procfile line alone, a supervisor, a

@@ -219,7 +219,8 @@ def test_gunicorn_config_reads_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("WEB_THREADS", "7")
     config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert config["bind"] == "0.0.0.0:9123"
-    assert (config["workers"], config["worker_class"], config["threads"]) == (3, "gthread", 7)
+    assert (config["workers"], config["worker_class"], config["threads"]) == (3, "gevent", 7)
+    assert config["worker_connections"] >= 10_000  # ten thousand waiting clients
     assert config["timeout"] == 30 and config["accesslog"] is None
 
 
