@@ -13,6 +13,7 @@ point `base_url` at a loopback server; nothing is patched.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -32,6 +33,8 @@ _TEXT_INSTRUCTIONS = {
     "explain": "Explain the user's text in plain language for a non-expert.",
 }
 _DETAIL_MAX_CHARS = 200
+# Connections per pooled httpx client (see OpenAIProvider.__init__).
+POOL_SHARD_SIZE = 10
 
 
 def _bad(message: str) -> AIError:
@@ -68,11 +71,29 @@ class OpenAIProvider:
         self._owns_client = client is None
         # Headers and timeout go on each request, not the client, so an
         # injected client behaves exactly like our own.
-        self._client = client or httpx.Client(
-            transport=transport,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections),
+        # Several small pools rather than one of max_connections: httpcore
+        # walks every connection of a pool (and polls each idle one's socket)
+        # whenever a request starts or a response closes, and compares idle
+        # ones pairwise. With 100 greenlets on one pool that bookkeeping was a
+        # quarter of the AI worker's CPU (docs/benchmarks.md); pools of about
+        # POOL_SHARD_SIZE keep it small. Calls take the pools in turn, and any
+        # pool may open up to max_connections, so none makes a call wait.
+        self._clients = (
+            [client]
+            if client is not None
+            else [
+                httpx.Client(
+                    transport=transport,
+                    timeout=timeout,
+                    limits=httpx.Limits(
+                        max_connections=max_connections,
+                        max_keepalive_connections=POOL_SHARD_SIZE,
+                    ),
+                )
+                for _ in range(max(1, max_connections // POOL_SHARD_SIZE))
+            ]
         )
+        self._turn = itertools.cycle(self._clients)
 
     def __repr__(self) -> str:  # never print the key
         return f"OpenAIProvider(base_url={self.base_url!r}, model={self.model!r})"
@@ -86,7 +107,8 @@ class OpenAIProvider:
     def close(self) -> None:
         """Release pooled connections (only for a client this instance created)."""
         if self._owns_client:
-            self._client.close()
+            for each in self._clients:
+                each.close()
 
     def model_for(self, kind: str) -> str:
         """The model that serves `kind`: the image model for images, else the chat model."""
@@ -167,7 +189,7 @@ class OpenAIProvider:
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = self._client.post(
+            response = next(self._turn).post(
                 self.base_url + path,
                 json=payload,
                 headers={"Authorization": f"Bearer {self._api_key}"},
