@@ -21,7 +21,7 @@ class Figure:
     p99_ms: float | None = None
     note: str = ""
     runs: list[float] = field(default_factory=list)
-    cpu_ms: float | None = None  # web server CPU per request, all its processes
+    cpu_ms: float | None = None  # the serving process type's CPU per request (or per job)
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -33,7 +33,7 @@ def _num(value: float | None, digits: int = 0) -> str:
 def table(figures: list[Figure]) -> str:
     """A Markdown table of `figures`."""
     lines = [
-        "| scenario | rate | p50 (ms) | p99 (ms) | web CPU ms/req | notes |",
+        "| scenario | rate | p50 (ms) | p99 (ms) | CPU ms/req | notes |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for fig in figures:

@@ -18,10 +18,14 @@ import redis
 
 from bench import event_streams, machine, report, wrk
 from bench.client import ApiClient, login
+from bench.report import Figure
 from bench.scenarios import PASSWORD, Bench, Options
 from bench.stack import ROOT, BenchDatabase, Processes, delete_prefixed_keys
 from bench.users import create_users
 from shared.settings import Settings
+
+# What one worker_ai (-c 100) can do against a 1 s upstream: 100 slots, 1 job/s each.
+IDEAL_AI = Figure("", "ideal", 100.0, "jobs/s")
 
 # Variables a developer's shell may carry that would point the stack elsewhere.
 _INHERITED = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PROMETHEUS_MULTIPROC_DIR", "PORT")
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream = SlowUpstream(options.ai_latency).start()
         env = _stack_env(db.url, args.redis_url, prefix, upstream.base_url)
         bench = Bench(options, db, redis_client, args.redis_url, prefix, env, procs, work_dir)
+        bench.upstream = upstream
         naive = bench.naive_baseline()
         base = bench.start_web("web", "api.wsgi:app", env)
         client = ApiClient(base)
@@ -104,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         drained = bench.drain(client)
         bench.latency(client)
         procs.stop("worker")
+        noop = bench.noop_drain()
         conveyor["poll"] = bench.poll(client.token, base, drained)
+        bench.crowd("web (gevent, as the Procfile runs it)", base, client.token, drained)
+        gthread = bench.gthread(client.token, drained)
         bench.ai(client)
+        ai_slow = bench.ai_slow_upstream(client)
         wallet_on, wallet_off = bench.wallet(client.token, base, client)
         stream_settings = Settings.from_env(env)
         stream_owner, stream_token = event_streams.bench_user(stream_settings)
@@ -129,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                 ("Conveyor `/healthz` / naive `/health`", conveyor["health"], naive["health"]),
                 ("Conveyor submit / naive `/health`", conveyor["submit"], naive["health"]),
                 ("`GET /wallet` cache on / cache off", wallet_on, wallet_off),
+                ("poll, gevent `web` / gthread", conveyor["poll"], gthread["poll"]),
+                ("`/healthz`, gevent `web` / gthread", conveyor["health"], gthread["health"]),
+                (
+                    "ledger drain / no-op task drain (Celery defaults)",
+                    bench.figure("Ledger worker", "drain rate"),
+                    noop,
+                ),
+                ("AI, 1 s upstream, concurrency 100 / ideal 100 jobs/s", ai_slow, IDEAL_AI),
             ],
             notes=LIMITS + event_streams.NOTES,
             profile=_profile_section(bench.profiles),
@@ -190,9 +207,12 @@ def _setup_lines(options: Options) -> dict[str, str]:
             f"{options.warmup:g} s warm-up then {options.repeat} x {options.duration:g} s per "
             "scenario, on the same 2 cores as everything else"
         ),
-        "web": "gunicorn -c gunicorn.conf.py (gthread; WEB_CONCURRENCY/WEB_THREADS defaults), "
-        "RATELIMIT_ENABLED=false, LOG_LEVEL=WARNING, bound to 127.0.0.1; the naive app "
-        "runs under the same config file",
+        "web": "gunicorn -c gunicorn.conf.py (gevent, as the Procfile runs it; WEB_CONCURRENCY "
+        "default), RATELIMIT_ENABLED=false, LOG_LEVEL=WARNING, bound to 127.0.0.1; the naive app "
+        "runs under the same config file; the gthread rows add `--worker-class gthread`",
+        "waiting clients": "bench/waiting_clients.py: one asyncio process, raw streams, "
+        "HTTP/1.1 keep-alive, loopback only, its own open-files limit raised; each client "
+        "polls one of 1,000 finished jobs, then waits 5 s ± 20% after each answer",
         "ledger worker": "celery -A workers.app worker -P prefork -Q ledger,maintenance "
         "(--without-mingle --without-gossip)",
         "AI worker": "celery -A workers.app worker -P gevent -Q ai -c N, AI_PROVIDER=openai "

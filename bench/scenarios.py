@@ -13,21 +13,26 @@ from typing import Any
 
 import redis
 
-from bench import profiling, wrk
+from bench import noop_app, profiling, waiting_clients, wrk
 from bench.client import ApiClient, submit_many, wait_until
 from bench.naive_app import create_celery
 from bench.report import Figure
 from bench.stack import (
+    BIN,
     BenchDatabase,
+    PeakRss,
     Processes,
     celery_worker_argv,
     free_port,
     gunicorn_argv,
     tree_cpu_seconds,
+    tree_rss_bytes,
     wait_http,
 )
 
 PASSWORD = "bench-password-123"
+CROWD = "Ten thousand waiting clients (keep-alive, each polls a finished job every ~5 s)"
+MEMORY = "Memory (resident, summed over a process type's processes)"
 CREDIT = {"type": "credit", "amount": 100, "description": "bench"}
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 
@@ -47,6 +52,11 @@ class Options:
     ledger_concurrency: int = 0  # 0: one process per core, as the Procfile runs it
     ai_concurrencies: tuple[int, ...] = (10, 50, 100)
     ai_latency: float = 0.2
+    ai_slow_jobs: int = 1000  # at the ideal 100 jobs/s, 10 s against the 1 s upstream
+    crowd_clients: int = 10_000
+    crowd_interval: float = 5.0  # s between one client's polls (jittered ±20%)
+    crowd_ramp: float = 20.0  # s over which the clients connect
+    crowd_duration: float = 30.0  # s all of them keep polling
     profile: bool = True
 
 
@@ -66,12 +76,15 @@ class Bench:
     notes: list[str] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)
     servers: dict[str, str] = field(default_factory=dict)  # base URL -> process name
+    upstream: Any = None  # the fake AI upstream (bench/upstream.py), whose latency we set
 
     # -- plumbing ---------------------------------------------------------------
 
-    def start_web(self, name: str, app_spec: str, env: dict[str, str]) -> str:
+    def start_web(
+        self, name: str, app_spec: str, env: dict[str, str], extra: tuple[str, ...] = ()
+    ) -> str:
         port = free_port()
-        self.procs.start(name, gunicorn_argv(app_spec, port), env)
+        self.procs.start(name, gunicorn_argv(app_spec, port, extra), env)
         base = f"http://127.0.0.1:{port}"
         self.servers[base] = name
         health = "/health" if "naive" in name else "/healthz"
@@ -214,8 +227,13 @@ class Bench:
         ids = submit_many(client, "/api/v1/transactions", [CREDIT] * n)
         concurrency = self.options.ledger_concurrency or _cores()
         self.start_worker("worker", "prefork", "ledger,maintenance", concurrency)
-        if not self.wait_terminal(ids, timeout=max(120.0, n / 20)):
-            self.procs.check_alive("worker")
+        pid = self.procs.pid("worker")
+        with PeakRss(pid) as rss:
+            if not self.wait_terminal(ids, timeout=max(120.0, n / 20)):
+                self.procs.check_alive("worker")
+        time.sleep(1)  # let the pool settle before reading it idle
+        self.rss("worker", "idle after the drain", tree_rss_bytes(pid))
+        self.rss("worker", f"draining {n} ledger jobs (peak)", rss.peak)
         succeeded, terminal, seconds = self.job_window(ids)
         rate = succeeded / seconds if seconds else None
         note = f"{n} jobs, prefork -c {concurrency}, {seconds:.1f} s first start → last finish"
@@ -319,11 +337,23 @@ class Bench:
         bodies: list[dict],
         concurrency: int,
         extra: tuple[str, ...] = (),
-    ) -> None:
+        *,
+        memory: bool = False,
+    ) -> Figure:
         print(f"AI jobs, {name}: enqueueing {len(bodies)}")
         ids = submit_many(client, "/api/v1/ai/generate", bodies)
         self.start_worker("worker-ai", "gevent", "ai", concurrency, extra)
-        finished = self.wait_terminal(ids, timeout=60 + 3 * len(bodies) / concurrency)
+        pid = self.procs.pid("worker-ai")
+        # CPU from the first message taken, so the worker's start-up is not counted.
+        queue = f"{self.prefix}ai"
+        wait_until(lambda: self.redis.llen(queue) < len(ids), 60, interval=0.01)
+        cpu_before = tree_cpu_seconds(pid)
+        with PeakRss(pid) as rss:
+            finished = self.wait_terminal(ids, timeout=60 + 3 * len(bodies) / concurrency)
+        cpu = tree_cpu_seconds(pid) - cpu_before
+        if memory:
+            self.rss("worker_ai", "idle after the jobs", tree_rss_bytes(pid))
+            self.rss("worker_ai", f"{name} (peak)", rss.peak)
         self.procs.stop("worker-ai")
         succeeded, terminal, seconds = self.job_window(ids)
         ((hits,),) = self.db.query(
@@ -337,8 +367,133 @@ class Bench:
         if not finished:
             note += "; timed out"
         rate = succeeded / seconds if seconds else None
-        self.figures.append(Figure(section, name, rate, "jobs/s", note=note))
-        print(f"  {name}: {rate or 0:,.0f} jobs/s ({note})")
+        fig = Figure(section, name, rate, "jobs/s", note=note, cpu_ms=cpu * 1000 / len(ids))
+        self.figures.append(fig)
+        print(f"  {name}: {rate or 0:,.0f} jobs/s, {fig.cpu_ms:.1f} worker CPU ms/job ({note})")
+        return fig
+
+    # -- capacity, baselines and memory (issue 11) --------------------------------
+
+    def figure(self, section: str, name: str) -> Figure | None:
+        """A figure measured earlier in this run, by section and name."""
+        return next((f for f in self.figures if f.section == section and f.name == name), None)
+
+    def rss(self, process_type: str, state: str, nbytes: int, note: str = "") -> None:
+        """One memory figure: resident MiB summed over a process type's processes."""
+        self.figures.append(
+            Figure(MEMORY, f"{process_type}, {state}", nbytes / 2**20, "MiB", note=note)
+        )
+        print(f"  memory: {process_type}, {state}: {nbytes / 2**20:,.0f} MiB {note}")
+
+    def crowd(self, label: str, base: str, token: str, ids: list[str]) -> Figure:
+        """`crowd_clients` keep-alive clients, each polling a finished job every ~5 s (jittered)."""
+        opts = self.options
+        print(f"{opts.crowd_clients:,} waiting clients on {label}")
+        pid = self.procs.pid(self.servers[base])
+        idle = tree_rss_bytes(pid)
+        port = int(base.rsplit(":", 1)[1])
+        paths = [f"/api/v1/tasks/{i}" for i in ids[:1000]]
+        before = tree_cpu_seconds(pid)
+        with PeakRss(pid) as rss:
+            result = waiting_clients.run(
+                "127.0.0.1", port, paths, clients=opts.crowd_clients, interval=opts.crowd_interval,
+                ramp=opts.crowd_ramp, duration=opts.crowd_duration,
+                headers={"Authorization": f"Bearer {token}"},
+            )  # fmt: skip
+        cpu = tree_cpu_seconds(pid) - before
+        errors = ", ".join(f"{kind} {n}" for kind, n in sorted(result.errors.items()))
+        note = (
+            f"{result.clients:,} clients opened over {opts.crowd_ramp:g} s, then "
+            f"{opts.crowd_duration:g} s; peak {result.connected_peak:,} connected; "
+            f"{result.requests:,} answers; errors: {errors or '0'}; "
+            f"client CPU {result.cpu_seconds:.0f} s"
+        )
+        fig = Figure(
+            CROWD, label, result.requests / result.seconds if result.seconds else None,
+            p50_ms=result.percentile(50), p99_ms=result.percentile(99), note=note,
+            cpu_ms=cpu * 1000 / max(1, result.requests),
+        )  # fmt: skip
+        self.figures.append(fig)
+        print(f"  {result.summary()}")
+        self.rss(label, "idle before the clients", idle)
+        per_thousand = (rss.peak - idle) / max(1, result.connected_peak / 1000)
+        self.rss(
+            label, f"{result.connected_peak:,} clients connected (peak)", rss.peak,
+            f"{per_thousand / 2**20:.1f} MiB per 1,000 open connections",
+        )  # fmt: skip
+        return fig
+
+    def gthread(self, token: str, ids: list[str]) -> dict[str, Figure]:
+        """/healthz, poll and the crowd on gunicorn's gthread worker (the previous `web`)."""
+        print("the same web on --worker-class gthread (WEB_THREADS threads per worker)")
+        base = self.start_web(
+            "web-gthread", "api.wsgi:app", self.env, ("--worker-class", "gthread")
+        )
+        section = "Conveyor API on gunicorn's gthread worker (the previous `web`)"
+        auth = {"Authorization": f"Bearer {token}"}
+        figs = {
+            "health": self.load(
+                section, "`GET /healthz`", base, self.script("healthz", ["/healthz"])
+            )
+        }
+        poll = self.script("poll", [f"/api/v1/tasks/{i}" for i in ids[:1000]], headers=auth)
+        figs["poll"] = self.load(section, "`GET /api/v1/tasks/{id}` (poll, finished)", base, poll)
+        figs["crowd"] = self.crowd("web on gthread", base, token, ids)
+        self.procs.stop("web-gthread")
+        return figs
+
+    def noop_drain(self) -> Figure:
+        """A no-op task drained by Celery's default prefork worker (-c 2): the drain's anchor."""
+        n = self.options.drain_jobs
+        prefix = f"{self.prefix}noop:"
+        print(f"no-op drain: enqueueing {n} tasks")
+        celery = noop_app.create_celery(self.redis_url, prefix)
+        with celery.producer_or_acquire() as producer:
+            for _ in range(n):
+                celery.send_task("noop.noop", producer=producer)
+        queue, unacked = f"{prefix}{noop_app.QUEUE}", f"{prefix}unacked"
+        env = {**self.env, "BENCH_NOOP_REDIS_URL": self.redis_url, "BENCH_NOOP_PREFIX": prefix}
+        argv = [
+            str(BIN / "celery"), "-A", "bench.noop_app", "worker", "-P", "prefork", "-c", "2",
+            "-n", "noop@%h", "--loglevel=WARNING", "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        self.procs.start("worker-noop", argv, env)
+        # First message taken → queue and unacked both empty (prefork acks a
+        # task as a child starts it; the body then takes microseconds).
+        wait_until(lambda: self.redis.llen(queue) < n, 120, interval=0.005)
+        started = time.perf_counter()
+        done = wait_until(
+            lambda: self.redis.llen(queue) == 0 and self.redis.hlen(unacked) == 0,
+            120, interval=0.005,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        self.procs.stop("worker-noop")
+        celery.close()
+        note = f"{n} tasks, prefork -c 2, default prefetch; first taken → last acked"
+        if not done:
+            note += "; timed out"
+        fig = Figure(
+            "Ledger worker", "no-op task drain (Celery defaults)", n / seconds, "jobs/s", note=note
+        )
+        self.figures.append(fig)
+        print(f"  no-op drain: {fig.rate:,.0f} jobs/s")
+        return fig
+
+    def ai_slow_upstream(self, client: ApiClient) -> Figure | None:
+        """The Procfile's worker_ai (-c 100, prefetch 4), a 1 s upstream: ideally 100 jobs/s."""
+        if self.upstream is None:
+            return None
+        section = "AI jobs, the Procfile's worker_ai against a 1 s upstream"
+        latency, self.upstream.latency = self.upstream.latency, 1.0
+        try:
+            n = self.options.ai_slow_jobs
+            bodies = [_ai_body(f"bench slow {i} {uuid.uuid4().hex}") for i in range(n)]
+            return self.ai_batch(
+                client, section, "concurrency 100, --prefetch-multiplier 4", bodies, 100,
+                ("--prefetch-multiplier", "4"), memory=True,
+            )  # fmt: skip
+        finally:
+            self.upstream.latency = latency
 
 
 def _ai_body(prompt: str) -> dict[str, Any]:

@@ -158,9 +158,12 @@ def wait_http(url: str, timeout: float = 30.0, check=None) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-def gunicorn_argv(app_spec: str, port: int) -> list[str]:
-    """The Procfile's web command, bound to loopback on `port`."""
-    return [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", app_spec]
+def gunicorn_argv(app_spec: str, port: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """The Procfile's web command, bound to loopback on `port` (`extra` options before the app)."""
+    return [
+        str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", *extra,
+        app_spec,
+    ]  # fmt: skip
 
 
 def celery_worker_argv(pool: str, queues: str, concurrency: int, name: str) -> list[str]:
@@ -182,3 +185,43 @@ def celery_worker_argv(pool: str, queues: str, concurrency: int, name: str) -> l
         "--without-mingle",
         "--without-gossip",
     ]
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident bytes of `pid` and its children (a gunicorn master and workers, a prefork pool)."""
+    total = 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(stat.parent.name) == pid or int(fields[1]) == pid:
+                # statm's second field: resident pages.
+                total += int((stat.parent / "statm").read_text().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    return total
+
+
+class PeakRss:
+    """The largest tree_rss_bytes(pid) seen while the block runs (sampled every 0.25 s)."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid = pid
+        self.peak = tree_rss_bytes(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.25):
+            self.peak = max(self.peak, tree_rss_bytes(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.peak = max(self.peak, tree_rss_bytes(self.pid))
