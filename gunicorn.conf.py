@@ -47,8 +47,13 @@ graceful_timeout = 30
 # requests: at a few hundred req/s per worker that restarted one every few
 # seconds, each restart costs ~0.7 s of CPU (importing the app) and drops its
 # keep-alive connections; `make bench` measured /healthz at 2.5x the req/s
-# and a p99 of 30 ms instead of 1.5 s with recycling this rare.
-max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "50000"))
+# and a p99 of 30 ms instead of 1.5 s with recycling this rare. Not every
+# 50,000 either: 10,000 waiting clients poll ~2,000 times a second, so each
+# of four workers restarted every ~100 s and sent its 2,500 clients off to
+# reconnect at once (`make bench` saw 13,450 answers with Connection: close
+# and a p99 of 3.8 s). At that rate 500,000 is one restart per worker every
+# ~15 minutes, still often enough to bound a leak.
+max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "500000"))
 max_requests_jitter = max_requests // 10
 
 # Which proxies may set X-Forwarded-Proto/-For; gunicorn's own variable name.

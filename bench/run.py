@@ -226,21 +226,50 @@ LIMITS = [
     "Everything shares 2 cores: wrk, gunicorn's workers, PostgreSQL, Redis and (when running) "
     "the Celery workers. HTTP figures are CPU-bound on the whole box, not on any one process, "
     "so they are best read as ratios between scenarios of the same run.",
-    "Web CPU ms/req is the CPU time of all gunicorn processes divided by the requests served: "
-    "the figure least disturbed by other load, and the one to compare between runs.",
+    "CPU ms/req is, for HTTP rows, the CPU time of all gunicorn processes divided by the "
+    "requests served (the figure least disturbed by other load, and the one to compare between "
+    "runs); for AI rows, the worker_ai process's CPU from its first message taken to its last "
+    "job, divided by the jobs (its start-up not counted).",
     "Submit: one autocommit INSERT ... SELECT (plus the pool's pre-ping, a second round trip "
     "on every checkout) and one broker publish. Celery's publish is the largest CPU cost "
     "(kombu builds a new Redis client object per publish, and routes and serialises the "
     "message through several layers); the INSERT is next.",
     "Poll: one Redis HMGET; a terminal document is sent as stored. What remains is JWT "
-    "verification (about a fifth of the CPU) and Flask plus the per-request hooks "
-    "(observability, security headers, compression check).",
+    "verification, Flask itself and gunicorn's HTTP handling. The per-request hooks are two "
+    "WSGI wrappers that add the request id, X-Process-Time and the fixed security headers as "
+    "plain tuples, and three small Flask hooks (in-flight gauge, latency histogram and access "
+    "line, body-size guard); flask-compress is consulted only for bodies over 500 bytes. "
+    "Gunicorn's own access line is off: the logging config had switched it on, a tenth of a "
+    "/healthz's CPU spent formatting lines that were then discarded. The naive app runs under "
+    "the same gunicorn.conf.py and gains the same. The bench runs CONVEYOR_ENV=development, "
+    "where every request also counts its queries (X-Query-Count); production does not.",
     "Naive baseline: `.delay()` also subscribes the web process to the result's pub/sub "
     "channel (redis result backend), which Conveyor's publish skips (`ignore_result`).",
-    "Drain: prefork processes, one message prefetched per process, acks_late; each job is "
-    "three short transactions (claim, post + finish, all with row locks) and two Redis writes.",
+    "Drain: prefork processes, one message prefetched per process, acks_late, against the "
+    "no-op anchor: Celery's defaults (prefetch 4 per process, early acks, no result backend) "
+    "running a task that does nothing, so the anchor is Celery's own per-message cost: a BRPOP, "
+    "the unacked bookkeeping and the ack.",
     "Latency: dominated by the worker's broker poll wake-up and the job's transactions; "
     "the client's 2 ms poll interval adds up to 2 ms.",
+    "Ten thousand waiting clients: 10,000 clients / ~5 s is about 2,000 polls/s, close to what "
+    "the whole box serves (see the poll row), with the client process itself on the same two "
+    "cores (its CPU is in the note). The gevent worker keeps an idle connection as a parked "
+    "greenlet and a socket; at most 64 requests per worker run inside the app at once "
+    "(gunicorn.conf.py), so the Redis pool (200) never runs dry and a poll never falls back "
+    "to PostgreSQL. gthread holds idle keep-alive connections in its poller but serves them "
+    "with 4 threads per worker, so under this load requests queue behind busy threads. A "
+    "listen backlog of 4,096 keeps the SYNs of clients connecting at once (gunicorn's 2,048 "
+    "dropped some, and a dropped SYN waits 1, 3, 7 s to retry).",
+    "Memory: resident set (RSS) summed over a process type's processes (gunicorn master and "
+    "workers; the prefork parent and children). Per 1,000 open connections is (peak with the "
+    "clients - idle before them) / thousands connected. beat and flower are not run here.",
+    "AI against 1 s: 100 greenlets, so 100 jobs/s at most. The worker is one process on one "
+    "core: each job's CPU (claim and finish transactions, status writes, the cache's Redis "
+    "round trips, Celery's own) runs on that core between upstream waits, and when a hundred "
+    "answers arrive together they queue behind each other's CPU; a job's time from claim to "
+    "finish grows past the 1 s by that queue. The upstream calls go through ten httpx pools "
+    "of ten connections: one pool of 100 spent a quarter of the worker's CPU walking and "
+    "polling its connections on every request.",
     "AI: the upstream's 200 ms caps a slot at 5 jobs/s, so concurrency / 0.2 s at most. With "
     "`worker_prefetch_multiplier=1` the gevent worker (Celery's synchronous consume loop) stops "
     "asking Redis for messages while every slot is busy and looks again only when its 2 s "

@@ -406,6 +406,7 @@ class Bench:
             f"{result.clients:,} clients opened over {opts.crowd_ramp:g} s, then "
             f"{opts.crowd_duration:g} s; peak {result.connected_peak:,} connected; "
             f"{result.requests:,} answers; errors: {errors or '0'}; "
+            f"{result.closed_after_answer:,} connections closed by web after an answer; "
             f"client CPU {result.cpu_seconds:.0f} s"
         )
         fig = Figure(

@@ -34,6 +34,9 @@ class CrowdResult:
     connected_peak: int = 0
     requests: int = 0
     errors: Counter = field(default_factory=Counter)
+    # Answers that came whole with Connection: close (a worker being recycled
+    # or shutting down): not errors, but the client had to reconnect.
+    closed_after_answer: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # this client process's own CPU (it shares the box with web)
@@ -53,6 +56,7 @@ class CrowdResult:
         return (
             f"{self.clients} clients, peak {self.connected_peak} connected, "
             f"{self.requests} requests in {self.seconds:.0f} s, errors: {errors}, "
+            f"{self.closed_after_answer} closed after an answer, "
             f"p50 {p50 or 0:.1f} ms, p99 {p99 or 0:.1f} ms, client CPU {self.cpu_seconds:.1f} s"
         )
 
@@ -120,7 +124,7 @@ class _Crowd:
                     self.result.errors[f"HTTP {status}"] += 1
                 if not keep:
                     # The server ended keep-alive: the next poll pays a new connection.
-                    self.result.errors["keep-alive refused"] += 1
+                    self.result.closed_after_answer += 1
                     writer = self._close(writer)
         finally:
             if writer is not None:
