@@ -1,7 +1,7 @@
 """No job waits on a dead worker: real prefork workers, SIGKILLed, on a private broker prefix.
 
 Each test runs its own workers as subprocesses (the Procfile's `worker` line's
-pool and options) with BROKER_VISIBILITY_TIMEOUT=4 s, on a key prefix of its
+pool and options) with BROKER_VISIBILITY_TIMEOUT=3 s, on a key prefix of its
 own, so no other test's worker can take its messages.
 """
 
@@ -23,7 +23,7 @@ from shared.models import Job, LedgerEntry
 from tests.support.accounts import PASSWORD
 from tests.support.stacks import private_stack
 
-VISIBILITY = 4
+VISIBILITY = 3
 # Lease expiry, one restore scan, a fresh worker's start-up and the jobs
 # themselves, with room for a loaded 2-core machine. The old behaviour (an
 # hour) fails this by far.
@@ -162,9 +162,9 @@ def test_a_healthy_job_longer_than_the_visibility_timeout_runs_once(
         task_id = _credit(client, headers, 700)
         _wait(lambda: _waiting_on_a_lock(res), 30, "the posting blocked on the wallet")
         # A second worker consumes the same queue: without leases it would
-        # restore the running job's message after 4 s and start it again.
+        # restore the running job's message after 3 s and start it again.
         start_worker("bystander")
-        time.sleep(4 * VISIBILITY)  # the condition under test is the passing of time itself
+        time.sleep(3 * VISIBILITY)  # the passing of time is the condition under test: 3 leases
         assert holder.poll() is None
     _wait(lambda: _jobs(res, [task_id])[task_id].state == "SUCCESS", 30, "the job finishing")
     job = _jobs(res, [task_id])[task_id]
@@ -186,7 +186,7 @@ def test_a_countdown_retry_held_by_a_killed_worker_is_not_lost(leased, redis_cli
 
     producer = create_celery_app(settings)
     producer.send_task(
-        "ledger.transaction", args=[task_id], task_id=task_id, queue="ledger", countdown=12
+        "ledger.transaction", args=[task_id], task_id=task_id, queue="ledger", countdown=9
     )
     doomed = start_worker("doomed")
     _wait(lambda: _unacked(redis_client, settings.redis_key_prefix) == 1, 60, "the ETA held")
