@@ -251,6 +251,10 @@ LIMITS = [
     "the unacked bookkeeping and the ack.",
     "Latency: dominated by the worker's broker poll wake-up and the job's transactions; "
     "the client's 2 ms poll interval adds up to 2 ms.",
+    "gevent against wrk's 32 connections: each is always busy and stays with whichever of the "
+    "four workers accepted it, so the workers carry unequal shares and the p99 of those rows is "
+    "long (hundreds of ms) where gthread's is tens; rates and CPU per request are the same or "
+    "better. The waiting-clients rows are the shape `web` is sized for.",
     "Ten thousand waiting clients: 10,000 clients / ~5 s is about 2,000 polls/s, close to what "
     "the whole box serves (see the poll row), with the client process itself on the same two "
     "cores (its CPU is in the note). The gevent worker keeps an idle connection as a parked "
