@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 from shared.jobs import UNFINISHED, status_from_row
@@ -104,9 +104,13 @@ class PostOutcome:
         return self.owner_id is not None and self.status is None
 
 
-def post_and_finish(session: Session, job_id: uuid.UUID, *, now: datetime) -> PostOutcome:
-    """Apply a `ledger.transaction` job's entry and mark it SUCCESS, in the caller's transaction."""
-    row = session.execute(
+def post_and_finish(conn: Connection | Session, job_id: uuid.UUID, *, now: datetime) -> PostOutcome:
+    """Apply a `ledger.transaction` job's entry and mark it SUCCESS.
+
+    One statement is atomic on its own: on an autocommit connection it needs
+    no BEGIN or COMMIT round trip; inside a caller's transaction it joins it.
+    """
+    row = conn.execute(
         _POST_AND_FINISH, {"job_id": job_id, "now": now, "unfinished": list(UNFINISHED)}
     ).one()
     status = status_from_row(row) if row.id is not None else None

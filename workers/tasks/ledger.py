@@ -46,8 +46,9 @@ def _post_in_one_statement(task: Task, job_id: str) -> bool:
     parsed = jobs.parse_job_id(job_id)
     if parsed is None or not res.supports_one_statement_posting:
         return False
-    with res.sessions.begin() as session:
-        outcome = job_posting.post_and_finish(session, parsed, now=jobs.utcnow())
+    # One statement, atomic by itself: autocommit saves the BEGIN/COMMIT trips.
+    with res.autocommit_engine.connect() as conn:
+        outcome = job_posting.post_and_finish(conn, parsed, now=jobs.utcnow())
     if outcome.skipped:
         log.info("job %s already finished or cancelled; skipping", job_id)
         return True
