@@ -70,6 +70,13 @@ def ratio(numerator: Figure | None, denominator: Figure | None) -> str:
     return f"{numerator.rate / denominator.rate:.2f}x"
 
 
+def ratio_table(ratios: list[tuple[str, Figure | None, Figure | None]]) -> str:
+    """A Markdown table of the ratios (n/a where a figure was not measured)."""
+    lines = ["| comparison | ratio |", "| --- | ---: |"]
+    lines += [f"| {name} | {ratio(num, den)} |" for name, num, den in ratios]
+    return "\n".join(lines)
+
+
 def markdown(
     *,
     command: str,
@@ -107,8 +114,7 @@ def markdown(
         sections.setdefault(fig.section, []).append(fig)
     for section, figs in sections.items():
         out += [f"## {section}", "", table(figs), ""]
-    out += ["## Ratios", "", "| comparison | ratio |", "| --- | ---: |"]
-    out += [f"| {name} | {ratio(num, den)} |" for name, num, den in ratios]
+    out += ["## Ratios", "", ratio_table(ratios)]
     out += ["", "## What limits each figure", ""]
     out += [f"- {note}" for note in notes]
     if profile:

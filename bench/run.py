@@ -27,6 +27,9 @@ from shared.settings import Settings
 # What one worker_ai (-c 100) can do against a 1 s upstream: 100 slots, 1 job/s each.
 IDEAL_AI = Figure("", "ideal", 100.0, "jobs/s")
 
+# Scenario groups `--only` can pick.
+GROUPS = ("web", "drain", "ai", "streams")
+
 # Variables a developer's shell may carry that would point the stack elsewhere.
 _INHERITED = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PROMETHEUS_MULTIPROC_DIR", "PORT")
 
@@ -43,7 +46,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--submit-users", type=int, default=1000, help="users submits rotate over")
     parser.add_argument("--ledger-concurrency", type=int, default=0, help="0: one per core")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy passes")
-    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated groups ({', '.join(GROUPS)}): a quick partial run whose table is "
+        "printed, not written (web also runs drain: its polls need finished jobs)",
+    )
+    parser.add_argument("--output", default=None, help="default: docs/benchmarks.md (full runs)")
     parser.add_argument(
         "--postgres-admin-dsn",
         default=os.environ.get(
@@ -62,6 +71,15 @@ def _stop_on_sigterm(_signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    only = {g.strip() for g in args.only.split(",") if g.strip()} or set(GROUPS)
+    if unknown := only - set(GROUPS):
+        print(f"unknown --only group(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    if "web" in only:
+        only.add("drain")
+    partial = only != set(GROUPS)
+    if args.output is None and not partial:
+        args.output = str(ROOT / "docs" / "benchmarks.md")
     wrk_binary = shutil.which("wrk")
     if wrk_binary is None:
         print(wrk.INSTALL_HINT, file=sys.stderr)
@@ -100,27 +118,61 @@ def main(argv: list[str] | None = None) -> int:
         env = _stack_env(db.url, args.redis_url, prefix, upstream.base_url)
         bench = Bench(options, db, redis_client, args.redis_url, prefix, env, procs, work_dir)
         bench.upstream = upstream
-        naive = bench.naive_baseline()
+        naive: dict[str, Figure] = {}
+        conveyor: dict[str, Figure] = {}
+        gthread: dict[str, Figure] = {}
+        noop = ai_slow = wallet_on = wallet_off = None
+        if "web" in only:
+            naive = bench.naive_baseline()
         base = bench.start_web("web", "api.wsgi:app", env)
         client = ApiClient(base)
         client.token = login(client, f"bench_{run_id}", PASSWORD)
-        submitters = create_users(env, f"bench_{run_id}_", options.submit_users)
-        conveyor = bench.conveyor_web(base, submitters)
-        drained = bench.drain(client)
-        bench.latency(client)
-        procs.stop("worker")
-        noop = bench.noop_drain()
-        conveyor["poll"] = bench.poll(client.token, base, drained)
-        bench.crowd("web (gevent, as the Procfile runs it)", base, client.token, drained)
-        gthread = bench.gthread(client.token, drained)
-        bench.ai(client)
-        ai_slow = bench.ai_slow_upstream(client)
-        wallet_on, wallet_off = bench.wallet(client.token, base, client)
-        stream_settings = Settings.from_env(env)
-        stream_owner, stream_token = event_streams.bench_user(stream_settings)
-        bench.figures += event_streams.measure(
-            stream_settings, env, procs, stream_token, stream_owner
-        )
+        if "web" in only:
+            submitters = create_users(env, f"bench_{run_id}_", options.submit_users)
+            conveyor = bench.conveyor_web(base, submitters)
+        if "drain" in only:
+            drained = bench.drain(client)
+            bench.latency(client)
+            procs.stop("worker")
+            noop = bench.noop_drain()
+        if "web" in only:
+            conveyor["poll"] = bench.poll(client.token, base, drained)
+            bench.crowd("web (gevent, as the Procfile runs it)", base, client.token, drained)
+            gthread = bench.gthread(client.token, drained)
+        if "ai" in only:
+            bench.ai(client)
+            ai_slow = bench.ai_slow_upstream(client)
+        if "web" in only:
+            wallet_on, wallet_off = bench.wallet(client.token, base, client)
+        if "streams" in only:
+            stream_settings = Settings.from_env(env)
+            stream_owner, stream_token = event_streams.bench_user(stream_settings)
+            bench.figures += event_streams.measure(
+                stream_settings, env, procs, stream_token, stream_owner
+            )
+        ratios = [
+            (
+                "Conveyor submit / naive `.delay()` submit",
+                conveyor.get("submit"),
+                naive.get("submit"),
+            ),
+            ("Conveyor poll / naive AsyncResult poll", conveyor.get("poll"), naive.get("poll")),
+            (
+                "Conveyor `/healthz` / naive `/health`",
+                conveyor.get("health"),
+                naive.get("health"),
+            ),
+            ("Conveyor submit / naive `/health`", conveyor.get("submit"), naive.get("health")),
+            ("`GET /wallet` cache on / cache off", wallet_on, wallet_off),
+            ("poll, gevent `web` / gthread", conveyor.get("poll"), gthread.get("poll")),
+            ("`/healthz`, gevent `web` / gthread", conveyor.get("health"), gthread.get("health")),
+            (
+                "ledger drain / no-op task drain (Celery defaults)",
+                bench.figure("Ledger worker", "drain rate"),
+                noop,
+            ),
+            ("AI, 1 s upstream, concurrency 100 / ideal 100 jobs/s", ai_slow, IDEAL_AI),
+        ]
         pg_version = db.query("SHOW server_version")[0][0]
         page = report.markdown(
             command=_command(argv),
@@ -132,29 +184,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_load(os.getloadavg())} (other work on the box skews every figure)",
             },
             figures=bench.figures,
-            ratios=[
-                ("Conveyor submit / naive `.delay()` submit", conveyor["submit"], naive["submit"]),
-                ("Conveyor poll / naive AsyncResult poll", conveyor["poll"], naive["poll"]),
-                ("Conveyor `/healthz` / naive `/health`", conveyor["health"], naive["health"]),
-                ("Conveyor submit / naive `/health`", conveyor["submit"], naive["health"]),
-                ("`GET /wallet` cache on / cache off", wallet_on, wallet_off),
-                ("poll, gevent `web` / gthread", conveyor["poll"], gthread["poll"]),
-                ("`/healthz`, gevent `web` / gthread", conveyor["health"], gthread["health"]),
-                (
-                    "ledger drain / no-op task drain (Celery defaults)",
-                    bench.figure("Ledger worker", "drain rate"),
-                    noop,
-                ),
-                ("AI, 1 s upstream, concurrency 100 / ideal 100 jobs/s", ai_slow, IDEAL_AI),
-            ],
+            ratios=ratios,
             notes=LIMITS + event_streams.NOTES,
             profile=_profile_section(bench.profiles),
         )
+        print()
+        print(report.table(bench.figures))
+        print(report.ratio_table(ratios))
+        if args.output is None:
+            print(
+                f"\npartial run ({', '.join(sorted(only))}): not written, in "
+                f"{time.monotonic() - started:.0f} s"
+            )
+            return 0
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(page + report.kept_section(output, report.HISTORY_HEADING))
-        print()
-        print(report.table(bench.figures))
         print(f"\nwritten to {args.output} in {time.monotonic() - started:.0f} s")
         return 0
     finally:
