@@ -54,10 +54,11 @@ def wire_process() -> None:
     """Connect the worker's signal handlers and library patches (idempotent)."""
     from workers import ai_runtime, observability, runtime
     from workers.gevent_support import patch_psycopg_for_gevent
-    from workers.kombu_patches import guard_detached_transport
+    from workers.kombu_patches import guard_detached_transport, reuse_sync_clients
 
     # kombu 5.7.0 can kill a worker that loses Redis while holding messages.
     guard_detached_transport()
+    reuse_sync_clients()
     observability.install()
     runtime.install()
     ai_runtime.install()
