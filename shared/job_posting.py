@@ -1,30 +1,34 @@
-"""A ledger job's whole effect in one SQL statement: claim, post, and finish, or nothing.
+"""Ledger jobs' whole effect in one round trip: claim, post and finish, or nothing.
 
 The general path (workers/job_run.py) takes three transactions per job:
-claim, then lock the job and wallet, post, and finish. For a one-entry
-`ledger.transaction` on PostgreSQL, one statement of data-modifying CTEs does
-the same work with one round trip and one commit:
+claim, then lock the job and wallet, post, and finish. For one-entry
+`ledger.transaction` jobs on PostgreSQL, one call of the database function
+`conveyor_post_ledger_jobs` (migrations/versions/0006_ledger_posting_function.py)
+does the same for a whole list of jobs in one transaction, one round trip and
+one commit, each job with its own outcome:
 
-- `job` locks the job row if it is still unfinished (a cancelled or finished
-  job yields nothing, so nothing else happens: cancel before start, and a
-  duplicate delivery, stay no-ops);
-- `wallet` moves the balance only if it stays >= 0 (PostgreSQL re-checks the
-  condition on the newest row version under concurrency, so the
-  never-below-zero rule holds as it does with SELECT ... FOR UPDATE);
-- `entry` appends the ledger entry, unique on (job, seq) as always;
-- `done` marks the job SUCCESS with its result, in the same commit;
-- and whether the owner has webhook endpoints comes back with it, so a job
-  of a user without any costs no further query.
+- a job that is no longer unfinished (cancelled before start, or finished by a
+  duplicate delivery) is skipped: nothing is written for it;
+- a debit that would take the wallet below zero is refused: nothing is written
+  for it, and the caller fails the job with `insufficient_funds` through the
+  general path, as before;
+- any other job is posted: its wallet moves, its ledger entry (unique on
+  (job, seq), as always) is appended and the job is marked SUCCESS with its
+  result, all in the same commit as the rest of the list.
 
-When the job is unfinished but the wallet would go below zero, nothing is
-written and the caller fails the job with `insufficient_funds`, as before.
+Postings to one wallet apply in the order given; wallets are locked in owner
+order, so two lists that share owners never deadlock. A list is all-or-nothing
+at the transaction level: if the call fails (the database is down, a timeout),
+nothing of it was written and every job can be run again.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -32,55 +36,15 @@ from sqlalchemy.orm import Session
 
 from shared.jobs import UNFINISHED, status_from_row
 
-# The job's own params say what to post; the worker passes only the job id.
-_POST_AND_FINISH = text(
-    """
-WITH job AS (
-    SELECT id, owner_id,
-        params ->> 'type' AS type,
-        (params ->> 'amount')::bigint AS amount,
-        coalesce(params ->> 'description', '') AS description,
-        CASE WHEN params ->> 'type' = 'credit' THEN 1 ELSE -1 END
-            * (params ->> 'amount')::bigint AS delta
-    FROM jobs
-    WHERE id = :job_id AND kind = 'ledger.transaction' AND state = ANY(:unfinished)
-    FOR UPDATE
-), wallet AS (
-    UPDATE wallets SET balance = wallets.balance + job.delta, updated_at = :now
-    FROM job
-    WHERE wallets.user_id = job.owner_id AND wallets.balance + job.delta >= 0
-    RETURNING wallets.id, wallets.balance
-), entry AS (
-    INSERT INTO ledger_entries
-        (wallet_id, job_id, seq, type, amount, balance_after, description, created_at)
-    SELECT wallet.id, job.id, 0, job.type, job.amount, wallet.balance, job.description, :now
-    FROM wallet, job
-    RETURNING id, balance_after
-), done AS (
-    UPDATE jobs SET
-        state = 'SUCCESS',
-        progress = 100,
-        message = 'done',
-        result = jsonb_build_object('transaction_id', entry.id, 'balance', entry.balance_after),
-        attempts = jobs.attempts + 1,
-        started_at = coalesce(jobs.started_at, :now),
-        updated_at = :now,
-        finished_at = :now
-    FROM entry
-    WHERE jobs.id = :job_id
-    RETURNING jobs.id, jobs.owner_id, jobs.kind, jobs.state, jobs.progress, jobs.message,
-        jobs.created_at, jobs.updated_at, jobs.expires_at, jobs.result,
-        jobs.error_code, jobs.error_message
+_POST_JOBS = text(
+    "SELECT * FROM conveyor_post_ledger_jobs("
+    "CAST(:job_ids AS uuid[]), :now, CAST(:unfinished AS text[]))"
 )
-SELECT (SELECT owner_id FROM job) AS claimed_owner,
-    (SELECT type FROM job) AS entry_type, (SELECT amount FROM job) AS amount,
-    EXISTS (
-        SELECT 1 FROM webhook_endpoints, job WHERE webhook_endpoints.owner_id = job.owner_id
-    ) AS has_webhooks,
-    done.*
-FROM (SELECT 1) AS one LEFT JOIN done ON true
-"""
-)
+# The status columns of a finished job, as the function returns them (r_<name>).
+_STATUS_COLUMNS = (
+    "id", "owner_id", "kind", "state", "progress", "message", "created_at", "updated_at",
+    "expires_at", "result", "error_code", "error_message",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,17 +68,38 @@ class PostOutcome:
         return self.owner_id is not None and self.status is None
 
 
-def post_and_finish(conn: Connection | Session, job_id: uuid.UUID, *, now: datetime) -> PostOutcome:
-    """Apply a `ledger.transaction` job's entry and mark it SUCCESS.
+def post_jobs(
+    conn: Connection | Session, job_ids: Sequence[uuid.UUID], *, now: datetime
+) -> dict[uuid.UUID, PostOutcome]:
+    """Apply each `ledger.transaction` job of `job_ids` and mark it SUCCESS; by job id.
 
-    One statement is atomic on its own: on an autocommit connection it needs
-    no BEGIN or COMMIT round trip; inside a caller's transaction it joins it.
+    One statement, atomic by itself: on an autocommit connection it needs no
+    BEGIN or COMMIT round trip; inside a caller's transaction it joins it. A
+    job id given twice is posted once (the second is skipped).
     """
-    row = conn.execute(
-        _POST_AND_FINISH, {"job_id": job_id, "now": now, "unfinished": list(UNFINISHED)}
-    ).one()
-    status = status_from_row(row) if row.id is not None else None
-    summary = ""
-    if status is not None:
-        summary = f"{row.entry_type} of {row.amount} posted; balance {status['result']['balance']}"
-    return PostOutcome(row.claimed_owner, status, summary, bool(row.has_webhooks))
+    rows = conn.execute(
+        _POST_JOBS,
+        {"job_ids": [str(i) for i in job_ids], "now": now, "unfinished": list(UNFINISHED)},
+    ).all()
+    outcomes: dict[uuid.UUID, PostOutcome] = {}
+    for row in rows:
+        outcome = _outcome(row)
+        # A duplicate's second row says "skipped": the first one's outcome stands.
+        if row.r_job_id not in outcomes or not outcome.skipped:
+            outcomes[row.r_job_id] = outcome
+    return outcomes
+
+
+def post_and_finish(conn: Connection | Session, job_id: uuid.UUID, *, now: datetime) -> PostOutcome:
+    """`post_jobs` for one job."""
+    return post_jobs(conn, [job_id], now=now)[job_id]
+
+
+def _outcome(row: Any) -> PostOutcome:
+    if row.r_id is None:
+        return PostOutcome(row.r_claimed_owner, None, has_webhooks=bool(row.r_has_webhooks))
+    status = status_from_row(
+        SimpleNamespace(**{c: getattr(row, f"r_{c}") for c in _STATUS_COLUMNS})
+    )
+    summary = f"{row.r_entry_type} of {row.r_amount} posted; balance {status['result']['balance']}"
+    return PostOutcome(row.r_claimed_owner, status, summary, bool(row.r_has_webhooks))

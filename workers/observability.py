@@ -65,6 +65,20 @@ def task_metrics() -> dict[str, Any]:
     }
 
 
+@functools.cache
+def batch_metrics() -> dict[str, Any]:
+    """Metrics of the ledger worker's batches (workers/ledger_batches.py)."""
+    from prometheus_client import Histogram
+
+    return {
+        "size": Histogram(
+            "conveyor_ledger_batch_size",
+            "Ledger jobs posted per database call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        ),
+    }
+
+
 def request_context(task: Task) -> dict[str, Any]:
     """Log fields for the task being run: request id, task id, job kind, user id."""
     request = task.request

@@ -41,24 +41,11 @@ def announce_outcome(
     in one pipelined trip, after whatever `first` queues on the same pipeline
     (a worker's cache invalidation, so a read after SUCCESS is never stale).
     """
-    outcome = _OUTCOMES.get(status["state"])
     try:
         pipe = statuses.pipeline()
         if first is not None:
             first(pipe)
-        statuses.write(owner_id, status, pipe=pipe)
-        if outcome is not None:  # REVOKED: the owner cancelled it; no notification
-            kind, verb = outcome
-            item = notifications.push(
-                owner_id,
-                type=kind,
-                title=f"{status['kind']} {verb}",
-                message=message,
-                task_id=status["task_id"],
-                pipe=pipe,
-            )
-            # After the terminal state event, so GET /events shows the outcome first.
-            statuses.notify(owner_id, item, pipe=pipe)
+        queue_outcome(pipe, statuses, notifications, owner_id, status, message)
         pipe.execute()
     except redis.RedisError:
         log.warning(
@@ -66,10 +53,39 @@ def announce_outcome(
             status["task_id"],
         )
     if webhooks is not None:
-        _queue_webhooks(webhooks, owner_id, status)
+        queue_webhooks(webhooks, owner_id, status)
 
 
-def _queue_webhooks(webhooks: WebhookOutbox, owner_id: int, status: dict[str, Any]) -> None:
+def queue_outcome(
+    pipe: redis.client.Pipeline,
+    statuses: StatusStore,
+    notifications: Notifications,
+    owner_id: int,
+    status: dict[str, Any],
+    message: str,
+) -> None:
+    """Queue on `pipe` what `announce_outcome` sends: the document, its notification and events.
+
+    For a caller that announces several jobs in one trip (workers/ledger_batches.py).
+    """
+    statuses.write(owner_id, status, pipe=pipe)
+    outcome = _OUTCOMES.get(status["state"])
+    if outcome is not None:  # REVOKED: the owner cancelled it; no notification
+        kind, verb = outcome
+        item = notifications.push(
+            owner_id,
+            type=kind,
+            title=f"{status['kind']} {verb}",
+            message=message,
+            task_id=status["task_id"],
+            pipe=pipe,
+        )
+        # After the terminal state event, so GET /events shows the outcome first.
+        statuses.notify(owner_id, item, pipe=pipe)
+
+
+def queue_webhooks(webhooks: WebhookOutbox, owner_id: int, status: dict[str, Any]) -> None:
+    """Queue the job's completion webhooks; logged, never raised."""
     # Called after the job's own commit: a webhook never holds up or undoes a
     # job. A failure here is logged, not raised, like the notification's.
     try:

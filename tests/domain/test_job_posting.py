@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import func, select
 
 from shared import jobs, ledger
-from shared.job_posting import post_and_finish
+from shared.job_posting import post_and_finish, post_jobs
 from shared.models import Job, LedgerEntry
 
 
@@ -96,3 +96,85 @@ def test_forty_concurrent_debits_of_100_on_2000_exactly_twenty_post(resources, m
     with resources.sessions() as session:
         assert ledger.ledger_sum(session, user_id) == 0
         assert session.scalar(select(func.min(LedgerEntry.balance_after))) >= 0
+
+
+def _post_list(resources, job_ids):
+    with resources.autocommit_engine.connect() as conn:
+        return post_jobs(conn, job_ids, now=jobs.utcnow())
+
+
+def _balance(resources, user_id: int) -> int:
+    with resources.sessions() as session:
+        return ledger.ledger_sum(session, user_id)
+
+
+def test_a_list_posts_each_job_in_order_with_its_own_outcome(resources, make_user):
+    user_id, _ = make_user("batch_order")
+    credit = _job(resources, user_id, {"type": "credit", "amount": 100})
+    too_big = _job(resources, user_id, {"type": "debit", "amount": 150})
+    debit = _job(resources, user_id, {"type": "debit", "amount": 50})
+    late_credit = _job(resources, user_id, {"type": "credit", "amount": 10})
+    outcomes = _post_list(resources, [credit, too_big, debit, late_credit])
+    # In the order given, one wallet: 100, (150 refused: it would overdraw), 50, 60.
+    assert outcomes[credit].status["result"]["balance"] == 100
+    assert outcomes[too_big].refused and _entries(resources, too_big) == 0
+    assert outcomes[debit].status["result"]["balance"] == 50
+    assert outcomes[late_credit].status["result"]["balance"] == 60
+    assert outcomes[late_credit].summary == "credit of 10 posted; balance 60"
+    assert _balance(resources, user_id) == 60
+    with resources.sessions() as session:
+        assert session.get(Job, too_big).state == "PENDING"  # for the general path to fail
+        assert session.get(Job, debit).state == "SUCCESS"
+
+
+def test_a_list_skips_what_is_not_an_unfinished_ledger_job_and_posts_a_repeat_once(
+    resources, make_user
+):
+    user_id, _ = make_user("batch_skip")
+    job_id = _job(resources, user_id, {"type": "credit", "amount": 7})
+    cancelled = _job(resources, user_id, {"type": "credit", "amount": 99})
+    with resources.sessions.begin() as session:
+        jobs.cancel_job(session, cancelled, user_id)
+    with resources.autocommit_engine.connect() as conn:
+        other_kind = uuid.UUID(
+            jobs.create_job(
+                conn, owner_id=user_id, kind="ledger.random", params={"count": 2}, ttl_seconds=60
+            ).status["task_id"]
+        )
+    unknown = uuid.uuid4()
+    outcomes = _post_list(resources, [job_id, cancelled, job_id, other_kind, unknown])
+    assert outcomes[job_id].status["state"] == "SUCCESS"
+    assert all(outcomes[j].skipped for j in (cancelled, other_kind, unknown))
+    assert _entries(resources, job_id) == 1 and _entries(resources, cancelled) == 0
+    assert _balance(resources, user_id) == 7
+    # Delivered again later: nothing more.
+    assert _post_list(resources, [job_id])[job_id].skipped
+    assert _balance(resources, user_id) == 7
+
+
+def test_lists_sharing_wallets_in_opposite_orders_never_deadlock(resources, make_user):
+    """Wallets are locked in owner order: two lists over the same wallets both complete."""
+    owners = [make_user(f"batch_lock{i}")[0] for i in range(4)]
+    lists = [
+        [_job(resources, owner, {"type": "credit", "amount": 1}) for owner in owners * 5]
+        for _ in range(2)
+    ]
+    lists[1].reverse()
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def post(job_ids):
+        start.wait()
+        try:
+            for _ in range(5):
+                _post_list(resources, job_ids)
+        except BaseException as exc:  # a deadlock surfaces here as DBAPIError
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post, args=(ids,)) for ids in lists]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert [_balance(resources, owner) for owner in owners] == [10, 10, 10, 10]

@@ -28,8 +28,19 @@ LEDGER_RETRY = {
 }
 
 
+class BatchedPosting(Task):
+    """A task whose messages the worker's consumer gathers into batches (workers/ledger_batches.py).
+
+    A message the batch does not finish runs this task as usual.
+    """
+
+    Strategy = "workers.ledger_batches:strategy"
+
+
 # Time limits come from each kind's declaration (shared/jobs/kinds.py), applied by the app.
-@shared_task(name="ledger.transaction", bind=True, ignore_result=True, **LEDGER_RETRY)
+@shared_task(
+    name="ledger.transaction", bind=True, ignore_result=True, base=BatchedPosting, **LEDGER_RETRY
+)
 def transaction(self: Task, job_id: str) -> None:
     """Post one credit or debit for the job's owner."""
     if not _post_in_one_statement(self, job_id):
