@@ -55,6 +55,7 @@ from shared import job_posting, jobs
 from shared.jobs.lifecycle import queue_outcome, queue_webhooks
 from shared.settings import normalize_database_url
 from shared.wallet_cache import user_scope
+from workers.kombu_patches import ack_many
 from workers.runtime import resources
 
 log = logging.getLogger(__name__)
@@ -162,12 +163,10 @@ class Batcher:
     def _returned(self, batch: list[Held], started: float, handed_back: list[int]) -> None:
         back = set(handed_back)
         runtime = time.monotonic() - started
-        errors = self.consumer.connection_errors
+        done = [held for index, held in enumerate(batch) if index not in back]
+        self._ack(done)
         logs = log.isEnabledFor(logging.INFO)
-        for index, held in enumerate(batch):
-            if index in back:
-                continue
-            held.ack(log, errors)
+        for held in done:
             self._event("task-succeeded", held, result="None", runtime=runtime)
             if logs:
                 # Celery's own two lines for a task, so log searches (and
@@ -184,6 +183,16 @@ class Batcher:
                     extra=extra,
                 )
         self._release(batch, [batch[i] for i in sorted(back)])
+
+    def _ack(self, done: list[Held]) -> None:
+        errors = self.consumer.connection_errors
+        if getattr(self.consumer, "_maximum_prefetch_restored", True):
+            ack_many([held.message for held in done], log, errors)
+            return
+        # Celery is restoring its prefetch after a reconnect and counts acks
+        # through its own callbacks: ack each message through them.
+        for held in done:
+            held.ack(log, errors)
 
     def _lost(self, batch: list[Held], exc: BaseException) -> None:
         # The pool process died or hit the hard time limit: nothing is known

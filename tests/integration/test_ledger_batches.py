@@ -123,6 +123,12 @@ def test_a_backlog_drains_in_batches_and_each_job_keeps_its_own_outcome(stack):
     sizes = _batch_sizes(stack)
     assert len(sizes) >= len(credits) + len(debits)
     assert max(sizes) > 1
+    # Every message was acknowledged: none is left for redelivery.
+    unacked = f"{stack.settings.redis_key_prefix}unacked"
+    deadline = time.monotonic() + 30
+    while stack.resources.redis.hlen(unacked) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stack.resources.redis.hlen(unacked) == 0
     # The message naming no job was dropped by Celery's path and the worker lives on.
     assert stack.workers[0].poll() is None
 
