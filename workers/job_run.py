@@ -17,6 +17,7 @@ from shared.broker.config import delayable_countdown
 from shared.jobs import ClaimedJob, JobError
 from shared.jobs import status as job_status
 from shared.jobs.lifecycle import announce_outcome
+from shared.jobs.records import finish_job
 from shared.resources import Resources
 from workers.runtime import resources
 from workers.tasks.webhooks import outbox as webhook_outbox
@@ -37,6 +38,10 @@ class JobRun:
         self.job = job
         self.final_status: dict[str, Any] | None = None
         self.status: dict[str, Any] = job_status.started_document(job)
+        # Unknown (True) unless the job finished through `succeed`, which asks the row.
+        self._has_webhooks = True
+        # The STARTED document not yet written: it goes with the next write, in its trip.
+        self._start_pending = False
 
     @property
     def params(self) -> dict[str, Any]:
@@ -44,12 +49,25 @@ class JobRun:
 
     def progress(self, percent: int, message: str) -> None:
         """Publish live progress (Redis only; the row records transitions)."""
+        statuses = self.res.statuses
         try:
-            self.status = self.res.statuses.progress(
-                self.job.owner_id, self.status, percent, message
-            )
+            if self._start_pending:
+                # STARTED and this first progress, in this order, in one trip.
+                pipe = statuses.pipeline()
+                self._queue_start(pipe)
+                updated = _progress_document(self.status, percent, message)
+                statuses.write(self.job.owner_id, updated, event="progress", pipe=pipe)
+                pipe.execute()
+                self.status = updated
+            else:
+                self.status = statuses.progress(self.job.owner_id, self.status, percent, message)
         except redis.RedisError:
             log.warning("progress not published: Redis unavailable", exc_info=True)
+
+    def _queue_start(self, pipe: redis.client.Pipeline) -> None:
+        if self._start_pending:
+            self._start_pending = False
+            self.res.statuses.write(self.job.owner_id, self.status, pipe=pipe)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -66,25 +84,50 @@ class JobRun:
             raise JobSuperseded(str(self.job.id))
         self.final_status = status
 
+    def succeed(self, result: dict[str, Any], message: str = "done") -> None:
+        """Mark the job SUCCESS in one statement of its own (a job whose result is its effect).
+
+        Autocommit: no BEGIN/COMMIT or row-lock trips. The statement is
+        conditional on the job being unfinished, so a cancel or a duplicate
+        delivery that finished it first makes this attempt a no-op.
+        """
+        with self.res.autocommit_engine.connect() as conn:
+            finished = finish_job(
+                conn, self.job.id, state="SUCCESS", result=result, message=message
+            )
+        if finished is None:
+            raise JobSuperseded(str(self.job.id))
+        self.final_status, self._has_webhooks = finished
+
     def retry(self, exc: BaseException, countdown: float, message: str) -> Retry:
         """Record RETRY and return Celery's Retry for the task to raise."""
-        with self.res.sessions.begin() as session:
-            jobs.mark_state(session, self.job.id, "RETRY", message)
+        with self.res.autocommit_engine.connect() as conn:
+            jobs.mark_state(conn, self.job.id, "RETRY", message)
         self._publish({**self.status, "state": "RETRY", "message": message[:255]})
         countdown = delayable_countdown(self.task.app.conf.broker_url, countdown)
         return self.task.retry(exc=exc, countdown=countdown)
 
     def _publish(self, status: dict[str, Any]) -> None:
         status = {**status, "updated_at": jobs.isoformat(jobs.utcnow())}
-        job_status.publish(self.res.statuses, self.job.owner_id, status)
+        if self._start_pending:
+            try:
+                pipe = self.res.statuses.pipeline()
+                self._queue_start(pipe)
+                self.res.statuses.write(self.job.owner_id, status, pipe=pipe)
+                pipe.execute()
+            except redis.RedisError:
+                log.warning("status of job %s not published: Redis unavailable", self.job.id)
+        else:
+            job_status.publish(self.res.statuses, self.job.owner_id, status)
         self.status = status
 
     def fail(self, error: JobError) -> None:
         """Record FAILURE with the error's code, unless the job already ended."""
-        with self.res.sessions.begin() as session:
-            status = jobs.finish(session, self.job.id, state="FAILURE", error=error)
-        if status is not None:
-            self._announce(status, error.message)
+        with self.res.autocommit_engine.connect() as conn:
+            finished = finish_job(conn, self.job.id, state="FAILURE", error=error)
+        if finished is not None:
+            self._has_webhooks = finished.has_webhooks
+            self._announce(finished.status, error.message)
 
     def succeeded(self, summary: str) -> None:
         assert self.final_status is not None
@@ -97,25 +140,54 @@ class JobRun:
             self.job.owner_id,
             status,
             message,
-            webhooks=webhook_outbox(self.task.app),
+            webhooks=webhook_outbox(self.task.app) if self._has_webhooks else None,
+            # A STARTED document still pending goes first, so its event precedes the outcome's.
+            first=self._queue_start if self._start_pending else None,
         )
         self.status = status
 
 
-def run_job(task: Task, job_id: str, work: Callable[[JobRun], str]) -> None:
-    """Claim `job_id` and run `work`, which commits via `run.complete` and returns a summary."""
+def _progress_document(status: dict[str, Any], percent: int, message: str) -> dict[str, Any]:
+    # What StatusStore.progress writes, for a write queued on a pipeline (that
+    # method sends its own trip).
+    return {
+        **status,
+        "state": "PROGRESS",
+        "progress": max(0, min(100, int(percent))),
+        "message": message[:255],
+        "updated_at": jobs.isoformat(jobs.utcnow()),
+    }
+
+
+def run_job(
+    task: Task,
+    job_id: str,
+    work: Callable[[JobRun], str],
+    *,
+    start_with_first_write: bool = False,
+) -> None:
+    """Claim `job_id` and run `work`, which commits via `run.complete` and returns a summary.
+
+    `start_with_first_write`: the STARTED document is not written on its own
+    but with the attempt's first write (its first progress, or its outcome),
+    in that write's round trip; for work that reports progress at once.
+    """
     res = resources(task.app)
     parsed = jobs.parse_job_id(job_id)
     if parsed is None:
         log.error("dropping message with a malformed job id %r", job_id)
         return
-    with res.sessions.begin() as session:
-        job = jobs.claim(session, parsed)
+    # One statement, atomic by itself: autocommit saves the BEGIN/COMMIT trips.
+    with res.autocommit_engine.connect() as conn:
+        job = jobs.claim(conn, parsed)
     if job is None:
         log.info("job %s already finished or cancelled; skipping", job_id)
         return
     run = JobRun(task, res, job)
-    run._publish(run.status)
+    if start_with_first_write:
+        run._start_pending = True
+    else:
+        run._publish(run.status)
     try:
         summary = work(run)
     except Retry:

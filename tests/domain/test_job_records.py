@@ -8,7 +8,8 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from shared import accounts, jobs
+from shared import accounts, jobs, webhooks
+from shared.jobs.records import finish_job
 from shared.models import Job
 
 
@@ -152,3 +153,40 @@ def test_status_store_hides_other_owners_documents(resources, owner):
     resources.statuses.write(owner, {"task_id": job_id, "state": "STARTED"})
     assert resources.statuses.read(job_id, owner + 1) is None
     assert resources.statuses.read(job_id, owner) is not None
+
+
+def test_claim_and_finish_run_alone_on_an_autocommit_connection(resources, owner):
+    job_id = uuid.UUID(_create(resources, owner).status["task_id"])
+    with resources.autocommit_engine.connect() as conn:
+        assert jobs.claim(conn, job_id).attempts == 1
+        finished = finish_job(conn, job_id, state="SUCCESS", result={"text": "hi"})
+        # Terminal now: a duplicate delivery can neither claim nor finish it again.
+        assert finish_job(conn, job_id, state="SUCCESS", result={"text": "again"}) is None
+        assert jobs.claim(conn, job_id) is None
+    assert finished.status["state"] == "SUCCESS" and finished.status["result"] == {"text": "hi"}
+    assert finished.has_webhooks is False
+    with resources.sessions() as session:
+        assert jobs.get_status(session, job_id, owner)["result"] == {"text": "hi"}
+
+
+def test_finish_job_says_whether_the_owner_has_a_webhook_endpoint(resources, owner):
+    with resources.sessions.begin() as session:
+        webhooks.create_endpoint(session, owner, "https://example.invalid/hook", ["job.failed"])
+    job_id = uuid.UUID(_create(resources, owner).status["task_id"])
+    with resources.autocommit_engine.connect() as conn:
+        jobs.claim(conn, job_id)
+        finished = finish_job(conn, job_id, state="FAILURE", error=jobs.JobError("x", "y"))
+    assert finished.has_webhooks is True
+
+
+def test_a_failure_keeps_the_progress_and_stores_no_result(resources, owner):
+    job_id = uuid.UUID(_create(resources, owner).status["task_id"])
+    with resources.autocommit_engine.connect() as conn:
+        jobs.claim(conn, job_id)
+        jobs.mark_state(conn, job_id, "RETRY", "retry 1 of 2")
+        finished = finish_job(conn, job_id, state="FAILURE", error=jobs.JobError("ai_x", "no"))
+    assert finished.status["error"] == {"code": "ai_x", "message": "no"}
+    assert finished.status["progress"] == 0 and finished.status["result"] is None
+    with resources.sessions() as session:
+        # SQL NULL, as before: not a JSON 'null' document.
+        assert session.scalar(select(Job.id).where(Job.id == job_id, Job.result.is_(None)))

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from shared import webhooks
 from shared.ai.quota import quota_key
-from shared.models import Job
+from shared.jobs.events import EventLog, StreamKeys
+from shared.models import Job, WebhookDelivery
 from tests.fakes.openai_server import FakeOpenAIServer, Scripted
 from tests.support.environment import process_environment
 from tests.support.polling import wait_for_state
@@ -397,3 +399,37 @@ def test_api_key_never_reaches_status_errors_notifications_rows_or_logs(
     lines = ai_worker.read_text().splitlines()
     assert [line for line in lines if refused_id in line], "the log check would prove nothing"
     assert not [line for line in lines if API_KEY in line]
+
+
+def test_the_job_log_reads_started_progress_success_and_webhooks_are_recorded(
+    client, make_user, fake, resources, settings
+):
+    # The claim's STARTED document travels with the first progress write and
+    # the finish is one statement that also tells whether webhooks apply: the
+    # log keeps its order, and an owner with an endpoint still gets a delivery.
+    user_id, headers = make_user()
+    with resources.sessions.begin() as session:
+        webhooks.create_endpoint(
+            session, user_id, "https://hooks.example.invalid/", ["job.succeeded"]
+        )
+    _, others = make_user()
+    task_id = _submit(client, headers, "text", _unique("Log order"))
+    other_id = _submit(client, others, "text", _unique("No endpoint"))
+    assert wait_for_state(client, headers, task_id)["state"] == "SUCCESS"
+    assert wait_for_state(client, others, other_id)["state"] == "SUCCESS"
+
+    log = EventLog(resources.redis, StreamKeys(settings.redis_key_prefix))
+    events = [json.loads(event.data) for event in log.job_events(task_id)]
+    states = [event["state"] for event in events]
+    assert states[:3] == ["PENDING", "STARTED", "PROGRESS"] and states[-1] == "SUCCESS"
+    assert set(states[2:-1]) == {"PROGRESS"}
+    progress = [event["progress"] for event in events if event["state"] == "PROGRESS"]
+    assert progress == sorted(progress) and progress[0] == 5
+    with resources.sessions() as session:
+        hooked = session.scalars(
+            select(WebhookDelivery.event).where(WebhookDelivery.task_id == uuid.UUID(task_id))
+        ).all()
+        unhooked = session.scalars(
+            select(WebhookDelivery.id).where(WebhookDelivery.task_id == uuid.UUID(other_id))
+        ).all()
+    assert hooked == ["job.succeeded"] and unhooked == []

@@ -1,6 +1,6 @@
 """AI generation jobs: `ai.text`, `ai.presentation`, `ai.image` (queue `ai`, gevent worker).
 
-Each attempt claims the job row, then runs `shared.ai.generation.generate`
+Each attempt claims the job row (one statement), then runs `shared.ai.generation.generate`
 (cache, single-flight, quota, provider) outside any transaction, so a slow
 upstream never holds a database connection. Transient failures are retried
 with backoff (the job shows RETRY meanwhile); the rest fail with their code.
@@ -47,19 +47,19 @@ TASK_OPTIONS = {
 @shared_task(name="ai.text", **TASK_OPTIONS)
 def text(self: Task, job_id: str) -> None:
     """Summarize, expand, rewrite or explain the prompt."""
-    run_job(self, job_id, _generate)
+    run_job(self, job_id, _generate, start_with_first_write=True)
 
 
 @shared_task(name="ai.presentation", **TASK_OPTIONS)
 def presentation(self: Task, job_id: str) -> None:
     """A presentation outline: a title and `num_cards` cards of bullets."""
-    run_job(self, job_id, _generate)
+    run_job(self, job_id, _generate, start_with_first_write=True)
 
 
 @shared_task(name="ai.image", **TASK_OPTIONS)
 def image(self: Task, job_id: str) -> None:
     """An image for the prompt, as a URL."""
-    run_job(self, job_id, _generate)
+    run_job(self, job_id, _generate, start_with_first_write=True)
 
 
 def _generate(run: JobRun) -> str:
@@ -69,6 +69,7 @@ def _generate(run: JobRun) -> str:
     except AIRequestError as exc:
         # The API validated these params; only a rule change since could land here.
         raise JobError("invalid_request", str(exc)) from None
+    # The first progress also carries the claim's STARTED document (one Redis trip).
     run.progress(5, f"Generating {request.kind}")
 
     def consume_quota() -> None:
@@ -95,8 +96,8 @@ def _generate(run: JobRun) -> str:
     # counters as every other namespace, so /system/cache-stats shows them.
     hit = result["from_cache"]
     run.res.cache.count("ai", hits=int(hit), misses=int(not hit))
-    with run.transaction() as session:
-        run.complete(session, result)
+    # The result is the job's whole effect: one autocommit statement records it.
+    run.succeed(result)
     source = "from the cache" if result["from_cache"] else f"by {result['model']}"
     return f"Your {request.kind} is ready ({source})."
 
