@@ -178,9 +178,17 @@ class AICache:
             return compute()
 
         try:
-            if record:
-                self._record(request)
-            return self._single_flight(self.key(request, provider, model), request.kind, tracked)
+            key = self.key(request, provider, model)
+            # The ranking and the lookup share one round trip.
+            cached = self._record_and_read(request, key) if record else self._read(key)
+            if cached is not None:
+                return cached, True
+            return self._flight.run(
+                key,
+                load=lambda raw: _parse(raw, key),
+                compute=tracked,
+                store=lambda value: self._write(key, request.kind, value),
+            )
         except redis.RedisError:
             if started:
                 raise  # the failure came from compute itself, e.g. a quota check
@@ -199,17 +207,6 @@ class AICache:
                 continue  # stored under older, looser rules; not worth warming
         return requests
 
-    def _single_flight(self, key: str, kind: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
-        cached = self._read(key)
-        if cached is not None:
-            return cached, True
-        return self._flight.run(
-            key,
-            load=lambda raw: _parse(raw, key),
-            compute=compute,
-            store=lambda value: self._write(key, kind, value),
-        )
-
     def _read(self, key: str) -> dict | None:
         return _parse(self.redis.get(key), key)
 
@@ -224,11 +221,14 @@ class AICache:
             # write would only make the caller pay again.
             log.warning("could not cache ai result %s", key, exc_info=True)
 
-    def _record(self, request: AIRequest) -> None:
+    def _record_and_read(self, request: AIRequest, key: str) -> dict | None:
+        """Count `request` in the popularity ranking and read its cached result, in one trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zincrby(self.popular_key, 1, request.canonical_json())
         pipe.zcard(self.popular_key)
-        _, size = pipe.execute()
+        pipe.get(key)
+        _, size, raw = pipe.execute()
         # Trim in batches (10% slack) rather than on every call.
         if size > self.popular_max + self.popular_max // 10:
             self.redis.zremrangebyrank(self.popular_key, 0, -(self.popular_max + 1))
+        return _parse(raw, key)

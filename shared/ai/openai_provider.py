@@ -13,7 +13,9 @@ point `base_url` at a loopback server; nothing is patched.
 
 from __future__ import annotations
 
-import itertools
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -33,8 +35,8 @@ _TEXT_INSTRUCTIONS = {
     "explain": "Explain the user's text in plain language for a non-expert.",
 }
 _DETAIL_MAX_CHARS = 200
-# Connections per pooled httpx client (see OpenAIProvider.__init__).
-POOL_SHARD_SIZE = 10
+
+log = logging.getLogger(__name__)
 
 
 def _bad(message: str) -> AIError:
@@ -68,32 +70,25 @@ class OpenAIProvider:
         self.image_model = image_model
         self.timeout = timeout
         self._api_key = api_key
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._shared = client
+        if client is None and transport is not None:
+            # An injected transport is one pool already: one client over it.
+            self._shared = httpx.Client(transport=transport, timeout=timeout)
         self._owns_client = client is None
-        # Headers and timeout go on each request, not the client, so an
-        # injected client behaves exactly like our own.
-        # Several small pools rather than one of max_connections: httpcore
-        # walks every connection of a pool (and polls each idle one's socket)
-        # whenever a request starts or a response closes, and compares idle
-        # ones pairwise. With 100 greenlets on one pool that bookkeeping was a
-        # quarter of the AI worker's CPU (docs/benchmarks.md); pools of about
-        # POOL_SHARD_SIZE keep it small. Calls take the pools in turn, and any
-        # pool may open up to max_connections, so none makes a call wait.
-        self._clients = (
-            [client]
-            if client is not None
-            else [
-                httpx.Client(
-                    transport=transport,
-                    timeout=timeout,
-                    limits=httpx.Limits(
-                        max_connections=max_connections,
-                        max_keepalive_connections=POOL_SHARD_SIZE,
-                    ),
-                )
-                for _ in range(max(1, max_connections // POOL_SHARD_SIZE))
-            ]
-        )
-        self._turn = itertools.cycle(self._clients)
+        # Otherwise a free list of clients, each holding at most one connection,
+        # and a call takes one for itself: httpcore walks every connection of a
+        # pool (and polls each idle one's socket) whenever a request starts or
+        # a response closes, which with 100 greenlets on one pool was a quarter
+        # of the AI worker's CPU (docs/benchmarks.md), and still a fifth of
+        # each call's CPU with pools of ten. A one-connection pool has nothing
+        # to walk. Clients are made on demand, so there are as many as calls
+        # ever ran at once (the worker's concurrency at most), and they share
+        # one TLS context: building one per client costs ~20 ms of CPU.
+        self._max_connections = max_connections
+        self._idle: list[httpx.Client] = []
+        self._all: list[httpx.Client] = []
+        self._ssl_context = None
 
     def __repr__(self) -> str:  # never print the key
         return f"OpenAIProvider(base_url={self.base_url!r}, model={self.model!r})"
@@ -105,10 +100,50 @@ class OpenAIProvider:
         self.close()
 
     def close(self) -> None:
-        """Release pooled connections (only for a client this instance created)."""
-        if self._owns_client:
-            for each in self._clients:
-                each.close()
+        """Release pooled connections (only for clients this instance created)."""
+        if not self._owns_client:
+            return
+        if self._shared is not None:
+            self._shared.close()
+        for each in self._all:
+            each.close()
+        self._idle.clear()
+        self._all.clear()
+
+    @contextmanager
+    def _client(self) -> Iterator[httpx.Client]:
+        """A client for one call: the injected one, else one of the free list, ours alone."""
+        if self._shared is not None:
+            yield self._shared
+            return
+        try:
+            client = self._idle.pop()
+        except IndexError:
+            client = self._new_client()
+        try:
+            yield client
+        finally:
+            # Most recently used first: its connection is the likeliest still open.
+            self._idle.append(client)
+
+    def _new_client(self) -> httpx.Client:
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context()
+        client = httpx.Client(
+            verify=self._ssl_context,
+            timeout=self.timeout,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+        self._all.append(client)
+        if len(self._all) > self._max_connections:
+            # More calls at once than the worker's concurrency: not expected;
+            # say so rather than hold ever more sockets silently.
+            log.warning(
+                "%d upstream clients open (max_connections %d)",
+                len(self._all),
+                self._max_connections,
+            )
+        return client
 
     def model_for(self, kind: str) -> str:
         """The model that serves `kind`: the image model for images, else the chat model."""
@@ -189,12 +224,10 @@ class OpenAIProvider:
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = next(self._turn).post(
-                self.base_url + path,
-                json=payload,
-                headers={"Authorization": f"Bearer {self._api_key}"},
-                timeout=self.timeout,
-            )
+            with self._client() as client:
+                response = client.post(
+                    self.base_url + path, json=payload, headers=self._headers, timeout=self.timeout
+                )
         except httpx.TimeoutException as exc:
             raise AIError(
                 "ai_timeout", f"upstream did not answer within {self.timeout:g}s"
