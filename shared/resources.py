@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event, exc
 from sqlalchemy.orm import sessionmaker
 
 from shared.accounts import PasswordHasher, TokenVerifier
@@ -16,6 +18,16 @@ from shared.notifications import Notifications
 from shared.redis_store import Keys, create_redis
 from shared.settings import Settings
 from shared.slow_queries import SlowQueryLog, instrument_engine
+
+# The autocommit pool: at most this many connections per process, all kept
+# once opened. (It was 5 kept + 10 overflow, the same 15 at most, but a
+# returned overflow connection was closed: under a gevent worker's 100
+# greenlets every burst reconnected, a new backend each time.)
+AUTOCOMMIT_POOL_SIZE = 15
+# A pooled autocommit connection that served a statement less than this long
+# ago is handed out without a ping; one idle longer is pinged first (and
+# replaced if dead), as pool_pre_ping does for every checkout.
+PING_AFTER_IDLE_SECONDS = 1.0
 
 
 @dataclass
@@ -41,8 +53,13 @@ class Resources:
     def build(cls, settings: Settings) -> Resources:
         engine = create_db_engine(settings)
         autocommit_engine = create_db_engine(
-            settings, isolation_level="AUTOCOMMIT", pool_size=5, max_overflow=10
+            settings,
+            isolation_level="AUTOCOMMIT",
+            pool_size=AUTOCOMMIT_POOL_SIZE,
+            max_overflow=0,
+            pool_pre_ping=False,
         )
+        ping_after_idle(autocommit_engine, PING_AFTER_IDLE_SECONDS)
         client = create_redis(settings)
         keys = Keys(settings.redis_key_prefix)
         slow_queries = SlowQueryLog(client, keys)
@@ -82,3 +99,35 @@ class Resources:
         self.engine.dispose()
         self.autocommit_engine.dispose()
         self.redis.close()
+
+
+def ping_after_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection at checkout only when it sat idle `idle_seconds` or more.
+
+    pool_pre_ping costs a round trip on every checkout; on the hot paths (a
+    submission's INSERT, a worker's claim and finish, one statement each)
+    that doubled the trips. A connection returned moments ago is as alive as
+    a ping would show; one that sat idle (the server may have restarted or
+    dropped it meanwhile) is pinged, and a dead one is replaced, with every
+    other connection opened before it (SQLAlchemy's own pre-ping handling).
+    A server restart within the last `idle_seconds` of a connection's use can
+    still fail that one statement, which then invalidates the pool too.
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return  # fresh, or in use a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                # The pool replaces it (and those opened before it) and retries.
+                raise exc.InvalidatePoolError() from error
+            raise
