@@ -290,10 +290,18 @@ LIMITS = [
     "where every request also counts its queries (X-Query-Count); production does not.",
     "Naive baseline: `.delay()` also subscribes the web process to the result's pub/sub "
     "channel (redis result backend), which Conveyor's publish skips (`ignore_result`).",
-    "Drain: prefork processes, one message prefetched per process, acks_late, against the "
-    "no-op anchor: Celery's defaults (prefetch 4 per process, early acks, no result backend) "
-    "running a task that does nothing, so the anchor is Celery's own per-message cost: a BRPOP, "
-    "the unacked bookkeeping and the ack.",
+    "Drain: the Procfile's prefork worker (-c 2) drains ledger.transaction jobs in batches "
+    "(workers/ledger_batches.py): its main process holds the messages that arrive while both "
+    "pool processes are busy and hands them over together; a pool process posts a batch with "
+    "one database call (conveyor_post_ledger_jobs: one transaction, one commit) and announces "
+    "it with one pipelined Redis trip, and the main process acks the batch in one more. What "
+    "remains per job is the main process's share of Celery's consumer (a BRPOP per message and "
+    "kombu's unacked record, one Redis round trip each), the job's own SQL (a row lock, the "
+    "wallet update, the entry insert, the job update) and its Redis writes (document, events, "
+    "notification). The no-op anchor is Celery's defaults (prefetch 4 per process, early acks, "
+    "no result backend) running a task that does nothing: Celery's own per-message cost, which "
+    "batching amortises and the anchor pays per message (a Request, the trip to a pool "
+    "process and back, the tracer).",
     "Latency: dominated by the worker's broker poll wake-up and the job's transactions; "
     "the client's 2 ms poll interval adds up to 2 ms.",
     "gevent against wrk's 32 connections: each is always busy and stays with whichever of the "

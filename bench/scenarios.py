@@ -92,10 +92,16 @@ class Bench:
         return base
 
     def start_worker(
-        self, name: str, pool: str, queues: str, concurrency: int, extra: tuple[str, ...] = ()
+        self,
+        name: str,
+        pool: str,
+        queues: str,
+        concurrency: int,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         argv = celery_worker_argv(pool, queues, concurrency, name) + list(extra)
-        self.procs.start(name, argv, self.env)
+        self.procs.start(name, argv, {**self.env, **(env or {})})
 
     def load(
         self, section: str, name: str, base: str, script: Path, *, profile_as: str = ""
@@ -226,20 +232,32 @@ class Bench:
         print(f"ledger worker drain: enqueueing {n} jobs")
         ids = submit_many(client, "/api/v1/transactions", [CREDIT] * n)
         concurrency = self.options.ledger_concurrency or _cores()
-        self.start_worker("worker", "prefork", "ledger,maintenance", concurrency)
+        metrics_port = free_port()
+        self.start_worker(
+            "worker", "prefork", "ledger,maintenance", concurrency,
+            env={"WORKER_METRICS_PORT": str(metrics_port)},
+        )  # fmt: skip
         pid = self.procs.pid("worker")
+        wait_http(f"http://127.0.0.1:{metrics_port}/metrics")
+        cpu_before = tree_cpu_seconds(pid)
         with PeakRss(pid) as rss:
             if not self.wait_terminal(ids, timeout=max(120.0, n / 20)):
                 self.procs.check_alive("worker")
+        cpu = tree_cpu_seconds(pid) - cpu_before
+        batches = _batch_sizes(f"http://127.0.0.1:{metrics_port}/metrics")
         time.sleep(1)  # let the pool settle before reading it idle
         self.rss("worker", "idle after the drain", tree_rss_bytes(pid))
         self.rss("worker", f"draining {n} ledger jobs (peak)", rss.peak)
         succeeded, terminal, seconds = self.job_window(ids)
         rate = succeeded / seconds if seconds else None
         note = f"{n} jobs, prefork -c {concurrency}, {seconds:.1f} s first start → last finish"
+        if batches:
+            note += f"; {batches[0]:,.0f} batches, {batches[1]:.1f} jobs per batch on average"
         if succeeded != n:
             note += f"; only {succeeded} SUCCESS ({terminal} terminal)"
-        self.figures.append(Figure("Ledger worker", "drain rate", rate, "jobs/s", note=note))
+        self.figures.append(
+            Figure("Ledger worker", "drain rate", rate, "jobs/s", note=note, cpu_ms=cpu * 1000 / n)
+        )
         print(f"  drained {succeeded}/{n} in {seconds:.1f} s: {rate or 0:,.0f} jobs/s")
         return ids
 
@@ -463,18 +481,25 @@ class Bench:
         # task as a child starts it; the body then takes microseconds).
         wait_until(lambda: self.redis.llen(queue) < n, 120, interval=0.005)
         started = time.perf_counter()
+        cpu_before = tree_cpu_seconds(self.procs.pid("worker-noop"))
         done = wait_until(
             lambda: self.redis.llen(queue) == 0 and self.redis.hlen(unacked) == 0,
             120, interval=0.005,
         )  # fmt: skip
         seconds = time.perf_counter() - started
+        cpu = tree_cpu_seconds(self.procs.pid("worker-noop")) - cpu_before
         self.procs.stop("worker-noop")
         celery.close()
         note = f"{n} tasks, prefork -c 2, default prefetch; first taken → last acked"
         if not done:
             note += "; timed out"
         fig = Figure(
-            "Ledger worker", "no-op task drain (Celery defaults)", n / seconds, "jobs/s", note=note
+            "Ledger worker",
+            "no-op task drain (Celery defaults)",
+            n / seconds,
+            "jobs/s",
+            note=note,
+            cpu_ms=cpu * 1000 / n,
         )
         self.figures.append(fig)
         print(f"  no-op drain: {fig.rate:,.0f} jobs/s")
@@ -513,3 +538,23 @@ def _percentile(samples: list[float], pct: int) -> float:
     if len(samples) < 2:
         return samples[0] if samples else 0.0
     return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]
+
+
+def _batch_sizes(metrics_url: str) -> tuple[float, float] | None:
+    """(batches, mean jobs per batch) from a worker's conveyor_ledger_batch_size histogram."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("conveyor_ledger_batch_size_count", "conveyor_ledger_batch_size_sum"):
+            values[name] = float(value)
+    count = values.get("conveyor_ledger_batch_size_count")
+    if not count:
+        return None
+    return count, values["conveyor_ledger_batch_size_sum"] / count
