@@ -96,16 +96,29 @@ def strategy(task: Task, app: Celery, consumer: Any, **options: Any) -> Callable
     database_url = normalize_database_url(app.conf.conveyor_settings.database_url)
     if make_url(database_url).get_backend_name() != "postgresql":
         return default  # the one-call posting is PostgreSQL's (job_posting.py)
-    return Batcher(task, consumer, default).on_message
+    # A message handed back was logged as received when it was buffered.
+    quiet = default_strategy(task, app, consumer, **{**options, "info": _not_logged})
+    return Batcher(task, consumer, default, quiet).on_message
+
+
+def _not_logged(*_args: Any, **_kwargs: Any) -> None:
+    return None
 
 
 class Batcher:
     """The consumer-side buffer of one worker (see the module docstring)."""
 
-    def __init__(self, task: Task, consumer: Any, default: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        task: Task,
+        consumer: Any,
+        default: Callable[..., Any],
+        hand_back: Callable[..., Any],
+    ) -> None:
         self.task = task
         self.consumer = consumer
         self.default = default
+        self.hand_back = hand_back
         self.pool = consumer.pool
         self.slots = max(1, int(getattr(self.pool, "num_processes", 0) or self.pool.limit or 1))
         self.buffer: list[Held] = []
@@ -132,6 +145,12 @@ class Batcher:
         if job_id is None:
             return self.default(message, body, ack, reject, callbacks, **kw)
         held = Held(message, body, ack, reject, callbacks, headers.get("id", ""), job_id, headers)
+        if log.isEnabledFor(logging.INFO):
+            # Celery's own line for a received task, so log searches (and
+            # anyone counting deliveries) see a batched job like any other.
+            log.info(
+                "Task %s[%s] received", self.task.name, held.task_id, extra=self._log_fields(held)
+            )
         with self.lock:
             self.buffer.append(held)
             self.held += 1
@@ -169,18 +188,14 @@ class Batcher:
         for held in done:
             self._event("task-succeeded", held, result="None", runtime=runtime)
             if logs:
-                # Celery's own two lines for a task, so log searches (and
-                # anyone counting deliveries) see a batched job like any other;
-                # a job handed back gets them from Celery's path instead.
-                extra = {"request_id": held.headers.get("request_id"), "batch_size": len(batch)}
-                extra["user_id"] = held.headers.get("user_id")
-                log.info("Task %s[%s] received", self.task.name, held.task_id, extra=extra)
+                # Celery's line for a finished task (a job handed back gets its
+                # own from Celery's path instead).
                 log.info(
                     "Task %s[%s] succeeded in %.6fs: None",
                     self.task.name,
                     held.task_id,
                     runtime,
-                    extra=extra,
+                    extra={**self._log_fields(held), "batch_size": len(batch)},
                 )
         self._release(batch, [batch[i] for i in sorted(back)])
 
@@ -207,7 +222,7 @@ class Batcher:
             self.held -= len(batch)
             self._adjust_prefetch()
         for held in handed_back:
-            self.default(held.message, held.body, held.ack, held.reject, held.callbacks)
+            self.hand_back(held.message, held.body, held.ack, held.reject, held.callbacks)
         self._dispatch()
 
     def _adjust_prefetch(self) -> None:
@@ -226,6 +241,13 @@ class Batcher:
             return
         with self.qos._mutex:
             self.qos.value = base + min(self.held, MAX_HELD)
+
+    @staticmethod
+    def _log_fields(held: Held) -> dict[str, Any]:
+        return {
+            "request_id": held.headers.get("request_id"),
+            "user_id": held.headers.get("user_id"),
+        }
 
     def _event(self, kind: str, held: Held, **fields: Any) -> None:
         if self.eventer is not None and self.eventer.enabled:
