@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.settings import ROOT
-from workers.observability import task_metrics
+from workers.observability import batch_metrics, task_metrics
 
 DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "conveyor.json"
 PROMETHEUS = ROOT / "ops" / "prometheus" / "prometheus.yml"
@@ -34,6 +34,7 @@ REQUIRED_PANELS = (
 def exported_sample_names(client) -> set[str]:
     """Every sample name the API's /metrics and the workers' registry expose."""
     task_metrics()  # the worker's metrics exist once a task has run; create them
+    batch_metrics()
     texts = [client.get("/metrics").get_data(as_text=True), generate_latest(REGISTRY).decode()]
     names: set[str] = set()
     for text in texts:
