@@ -6,16 +6,17 @@ images go to `POST {base_url}/images/generations`. Every failure becomes an
 `AIError` (see `shared.ai.errors` for the codes). Retrying is the caller's
 decision: use `error.retryable` and `retry_delay(attempt, base, error.retry_after)`.
 
-Build one instance per process (after any fork) and reuse it: it owns a pooled
-`httpx.Client`. Tests inject `transport=` (e.g. `httpx.MockTransport`) or
-point `base_url` at a loopback server; nothing is patched.
+Build one instance per process (after any fork) and reuse it: it keeps its
+connections alive between calls (shared/ai/upstream_http.py; an httpx.Client
+when a transport or client is injected or the environment sets a proxy).
+Tests inject `transport=` (e.g. `httpx.MockTransport`) or point `base_url` at
+a loopback server; nothing is patched.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+import json
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -24,6 +25,7 @@ from shared.ai.errors import AIError, redact
 from shared.ai.outline import outline_messages, parse_outline
 from shared.ai.request import AIRequest
 from shared.ai.retry import parse_retry_after
+from shared.ai.upstream_http import KeepAliveConnections, TransportErrors
 
 if TYPE_CHECKING:  # providers imports this module; the alias is for annotations only
     from shared.ai.providers import ProgressCallback
@@ -35,8 +37,6 @@ _TEXT_INSTRUCTIONS = {
     "explain": "Explain the user's text in plain language for a non-expert.",
 }
 _DETAIL_MAX_CHARS = 200
-
-log = logging.getLogger(__name__)
 
 
 def _bad(message: str) -> AIError:
@@ -70,25 +70,33 @@ class OpenAIProvider:
         self.image_model = image_model
         self.timeout = timeout
         self._api_key = api_key
-        self._headers = {"Authorization": f"Bearer {api_key}"}
-        self._shared = client
-        if client is None and transport is not None:
-            # An injected transport is one pool already: one client over it.
-            self._shared = httpx.Client(transport=transport, timeout=timeout)
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
         self._owns_client = client is None
-        # Otherwise a free list of clients, each holding at most one connection,
-        # and a call takes one for itself: httpcore walks every connection of a
-        # pool (and polls each idle one's socket) whenever a request starts or
-        # a response closes, which with 100 greenlets on one pool was a quarter
-        # of the AI worker's CPU (docs/benchmarks.md), and still a fifth of
-        # each call's CPU with pools of ten. A one-connection pool has nothing
-        # to walk. Clients are made on demand, so there are as many as calls
-        # ever ran at once (the worker's concurrency at most), and they share
-        # one TLS context: building one per client costs ~20 ms of CPU.
-        self._max_connections = max_connections
-        self._idle: list[httpx.Client] = []
-        self._all: list[httpx.Client] = []
-        self._ssl_context = None
+        self._client = client
+        self._connections: KeepAliveConnections | None = None
+        if client is None and (transport is not None or urllib.request.getproxies()):
+            # An injected transport, or a proxy from the environment (which
+            # httpx honours and our plain connections do not): httpx carries
+            # every call, one pool of max_connections.
+            self._client = httpx.Client(
+                transport=transport,
+                timeout=timeout,
+                limits=httpx.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                ),
+            )
+        elif client is None:
+            # Our own calls go on plain keep-alive connections, one per call
+            # at a time (shared/ai/upstream_http.py says why), sharing the TLS
+            # context httpx would build.
+            https = self.base_url.startswith("https:")
+            self._connections = KeepAliveConnections(
+                self.base_url, timeout, httpx.create_ssl_context() if https else None
+            )
 
     def __repr__(self) -> str:  # never print the key
         return f"OpenAIProvider(base_url={self.base_url!r}, model={self.model!r})"
@@ -100,50 +108,13 @@ class OpenAIProvider:
         self.close()
 
     def close(self) -> None:
-        """Release pooled connections (only for clients this instance created)."""
+        """Release pooled connections (only for a client this instance created)."""
         if not self._owns_client:
             return
-        if self._shared is not None:
-            self._shared.close()
-        for each in self._all:
-            each.close()
-        self._idle.clear()
-        self._all.clear()
-
-    @contextmanager
-    def _client(self) -> Iterator[httpx.Client]:
-        """A client for one call: the injected one, else one of the free list, ours alone."""
-        if self._shared is not None:
-            yield self._shared
-            return
-        try:
-            client = self._idle.pop()
-        except IndexError:
-            client = self._new_client()
-        try:
-            yield client
-        finally:
-            # Most recently used first: its connection is the likeliest still open.
-            self._idle.append(client)
-
-    def _new_client(self) -> httpx.Client:
-        if self._ssl_context is None:
-            self._ssl_context = httpx.create_ssl_context()
-        client = httpx.Client(
-            verify=self._ssl_context,
-            timeout=self.timeout,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-        )
-        self._all.append(client)
-        if len(self._all) > self._max_connections:
-            # More calls at once than the worker's concurrency: not expected;
-            # say so rather than hold ever more sockets silently.
-            log.warning(
-                "%d upstream clients open (max_connections %d)",
-                len(self._all),
-                self._max_connections,
-            )
-        return client
+        if self._client is not None:
+            self._client.close()
+        if self._connections is not None:
+            self._connections.close()
 
     def model_for(self, kind: str) -> str:
         """The model that serves `kind`: the image model for images, else the chat model."""
@@ -223,16 +194,20 @@ class OpenAIProvider:
         return content
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            with self._client() as client:
-                response = client.post(
-                    self.base_url + path, json=payload, headers=self._headers, timeout=self.timeout
+            if self._connections is not None:
+                response = self._connections.post(path, body, self._headers)
+            else:
+                assert self._client is not None
+                response = self._client.post(
+                    self.base_url + path, content=body, headers=self._headers, timeout=self.timeout
                 )
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise AIError(
                 "ai_timeout", f"upstream did not answer within {self.timeout:g}s"
             ) from exc
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, *TransportErrors) as exc:
             raise AIError(
                 "ai_unavailable", f"could not reach the upstream ({type(exc).__name__})"
             ) from exc
