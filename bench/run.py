@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.latency(client)
             procs.stop("worker")
             noop = bench.noop_drain()
+            bench.beat_and_flower_memory()
         if "web" in only:
             conveyor["poll"] = bench.poll(client.token, base, drained)
             bench.crowd("web (gevent, as the Procfile runs it)", base, client.token, drained)
@@ -319,7 +320,8 @@ LIMITS = [
     "dropped some, and a dropped SYN waits 1, 3, 7 s to retry).",
     "Memory: resident set (RSS) summed over a process type's processes (gunicorn master and "
     "workers; the prefork parent and children). Per 1,000 open connections is (peak with the "
-    "clients - idle before them) / thousands connected. beat and flower are not run here.",
+    "clients - idle before them) / thousands connected. beat and flower are measured idle "
+    "(nothing loads them in this run: flower would turn on every worker's task events).",
     "AI against 1 s: 100 greenlets, so 100 jobs/s at most. The worker is one process on one "
     "core: each job's CPU (claim and finish transactions, status writes, the cache's Redis "
     "round trips, Celery's own) runs on that core between upstream waits, and when a hundred "

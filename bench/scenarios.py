@@ -505,6 +505,32 @@ class Bench:
         print(f"  no-op drain: {fig.rate:,.0f} jobs/s")
         return fig
 
+    def beat_and_flower_memory(self) -> None:
+        """Resident memory of the two process types no scenario loads: beat and flower, idle."""
+        port = free_port()
+        env = {**self.env, "FLOWER_BASIC_AUTH": "bench:bench-only-password"}
+        schedule = self.work_dir / "beat-schedule"
+        self.procs.start(
+            "beat",
+            [str(BIN / "celery"), "-A", "workers.app", "--quiet", "beat", "-s", str(schedule),
+             "--loglevel=WARNING"],
+            env,
+        )  # fmt: skip
+        self.procs.start(
+            "flower",
+            [str(BIN / "celery"), "-A", "workers.app", "flower", f"--port={port}",
+             "--address=127.0.0.1"],
+            env,
+        )  # fmt: skip
+        try:
+            time.sleep(8)  # start-up done, first schedule tick and broker poll made
+            for name in ("beat", "flower"):
+                self.procs.check_alive(name)
+                self.rss(name, "idle", tree_rss_bytes(self.procs.pid(name)))
+        finally:
+            self.procs.stop("flower")
+            self.procs.stop("beat")
+
     def ai_slow_upstream(self, client: ApiClient) -> Figure | None:
         """The Procfile's worker_ai (-c 100, prefetch 4), a 1 s upstream: ideally 100 jobs/s."""
         if self.upstream is None:
