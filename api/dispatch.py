@@ -1,7 +1,8 @@
-"""Submitting a job: record it (one INSERT), publish it (one broker message), answer 202.
+"""Submitting a job: record it, publish it, answer 202; concurrent submissions share the trips.
 
-After the publish, one Redis call records the PENDING document, the job's
-queue ticket (for its queue position) and its first event (shared/jobs/status).
+The record (one INSERT), the broker message and the PENDING document, queue
+ticket and first event (shared/jobs/status) are written for a batch of
+concurrent submissions at once (shared/jobs/submission.submit_many).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from flask import Response, g, jsonify, request, url_for
 
 from api.admission import ensure_queue_capacity, too_many_inflight
 from api.errors import ApiError
-from api.extensions import publisher, resources
+from api.extensions import resources, submit_batcher
 from api.limits import suggest_poll_interval
 from api.metrics import JOBS_ACCEPTED
 from api.security import current_identity
 from shared import jobs
-from shared.jobs.submission import submit as submit_job
+from shared.jobs.submission import PreparedJob
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +45,46 @@ def idempotency_key() -> str | None:
 
 
 def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -> Response:
-    """Record and enqueue a job of `kind`; `request_payload` is what Idempotency-Key compares."""
+    """Record and enqueue a job of `kind`; `request_payload` is what Idempotency-Key compares.
+
+    The job joins this process's group commit (api/extensions.submit_batcher):
+    concurrent submissions share one INSERT and one broker round trip, and
+    each still gets its own answer: 202, a replay, 422, 429 or 503.
+    """
     res = resources()
     owner_id = current_identity().user_id
     key = idempotency_key()
     ensure_queue_capacity(jobs.KIND_QUEUES[kind])
-    # A single INSERT ... ON CONFLICT is atomic by itself: an autocommit
-    # connection saves the BEGIN and COMMIT round trips on the hottest write path.
-    with res.autocommit_engine.connect() as conn:
-        try:
-            submission = submit_job(
-                conn,
-                publisher(),
-                res.settings,
-                owner_id=owner_id,
-                kind=kind,
-                params=params,
-                headers=message_headers(owner_id),
-                idempotency_key=key,
-                request_payload=request_payload,
-            )
-        except jobs.TooManyInflightJobs:
-            raise too_many_inflight(res.settings.max_inflight_jobs) from None
-        except jobs.IdempotencyKeyReused:
-            raise ApiError(
-                422,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request body",
-                [{"field": "Idempotency-Key", "message": "reused with a different body"}],
-            ) from None
-    if not submission.replayed:
+    outcome = submit_batcher().run(
+        PreparedJob(
+            owner_id=owner_id,
+            kind=kind,
+            params=params,
+            headers=message_headers(owner_id),
+            idempotency_key=key,
+            request_fingerprint=jobs.request_hash(kind, request_payload) if key else None,
+            max_inflight=res.settings.max_inflight_jobs,
+        )
+    )
+    if isinstance(outcome, Exception):
+        raise _refusal(outcome, res.settings.max_inflight_jobs)
+    if not outcome.replayed:
         JOBS_ACCEPTED.labels(kind).inc()
-        record_enqueued(owner_id, submission.status)
-    return accepted(kind, submission.status["task_id"], replayed=submission.replayed)
+    return accepted(kind, outcome.status["task_id"], replayed=outcome.replayed)
+
+
+def _refusal(outcome: Exception, max_inflight: int) -> Exception:
+    """The API error a refused submission answers with (BrokerError: the 503 handler's)."""
+    if isinstance(outcome, jobs.TooManyInflightJobs):
+        return too_many_inflight(max_inflight)
+    if isinstance(outcome, jobs.IdempotencyKeyReused):
+        return ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+            [{"field": "Idempotency-Key", "message": "reused with a different body"}],
+        )
+    return outcome
 
 
 def record_enqueued(owner_id: int, status: dict[str, Any]) -> None:

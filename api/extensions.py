@@ -1,11 +1,21 @@
-"""Access to the app's per-process resources and broker publisher from request code."""
+"""Request code's access to the per-process resources, broker publisher and submit batcher."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from flask import current_app
 
 from shared.broker.publish import Publisher
+from shared.jobs.group_commit import GroupCommit
+from shared.jobs.submission import Outcome, PreparedJob, submit_many
 from shared.resources import Resources
+
+# Jobs one flush records and publishes at most. gunicorn.conf.py lets 64
+# requests into a worker's app at once, so a flush can take all that wait.
+MAX_SUBMIT_BATCH = 64
+
+_BATCHER = "conveyor.submit_batcher"
 
 
 def resources() -> Resources:
@@ -14,3 +24,23 @@ def resources() -> Resources:
 
 def publisher() -> Publisher:
     return current_app.extensions["conveyor.publisher"]
+
+
+def submit_batcher() -> GroupCommit[PreparedJob, Outcome]:
+    """This process's group commit for submissions, built on first use (after gunicorn forks)."""
+    extensions = current_app.extensions
+    batcher = extensions.get(_BATCHER)
+    if batcher is None:
+        # setdefault: two first requests at once still share one batcher.
+        batcher = extensions.setdefault(_BATCHER, _build_batcher(resources(), publisher()))
+    return batcher
+
+
+def _build_batcher(res: Resources, jobs_publisher: Publisher) -> GroupCommit[PreparedJob, Outcome]:
+    def flush(jobs: Sequence[PreparedJob]) -> list[Outcome]:
+        # One pool checkout for the whole batch; its one INSERT is atomic on
+        # its own, so an autocommit connection spares BEGIN and COMMIT.
+        with res.autocommit_engine.connect() as conn:
+            return submit_many(conn, jobs_publisher, res.statuses, res.settings, jobs)
+
+    return GroupCommit(flush, max_batch=MAX_SUBMIT_BATCH)

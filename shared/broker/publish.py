@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import redis
 from celery import Celery
@@ -22,12 +23,47 @@ from shared.broker import envelope, keys
 from shared.broker.config import celery_broker_config
 from shared.settings import Settings
 
-__all__ = ["BrokerError", "CeleryPublisher", "Publisher", "RedisListPublisher", "build_publisher"]
+__all__ = [
+    "BrokerError",
+    "CeleryPublisher",
+    "JobMessage",
+    "Publisher",
+    "RedisListPublisher",
+    "build_publisher",
+]
+
+# Queues more commands on the publisher's own pipeline (same Redis server);
+# publish_many hands back their answers.
+PipelineExtra = Callable[[redis.client.Pipeline], None]
+
+
+class JobMessage(NamedTuple):
+    """One job message to publish: `task(job_id)` on `queue`, with `headers`."""
+
+    task: str
+    job_id: str
+    queue: str
+    headers: dict[str, Any]
 
 
 class Publisher(Protocol):
     def publish(self, task: str, job_id: str, queue: str, headers: dict[str, Any]) -> None:
         """Put `task(job_id)` on `queue`; raises BrokerError when the broker is down."""
+        ...
+
+    def publish_many(
+        self, messages: Sequence[JobMessage], extra: PipelineExtra | None = None
+    ) -> tuple[list[BrokerError | None], list[Any]]:
+        """Publish each message; per message None (on the broker) or the BrokerError it met.
+
+        `extra` (only for a Redis publisher, see `shares_redis`) queues more
+        commands behind the messages in the same round trip; their answers
+        (exceptions included) come second.
+        """
+        ...
+
+    def shares_redis(self, url: str) -> bool:
+        """Whether the broker is the Redis at `url`, so `extra` commands may ride along."""
         ...
 
     def close(self) -> None:
@@ -52,6 +88,27 @@ class CeleryPublisher:
             headers=headers,
         )
 
+    def publish_many(
+        self, messages: Sequence[JobMessage], extra: PipelineExtra | None = None
+    ) -> tuple[list[BrokerError | None], list[Any]]:
+        if extra is not None:
+            raise ValueError("a Celery publisher has no Redis pipeline to share")
+        # One send_task each: kombu's producer has no batch publish. After the
+        # first failure the broker is down: the rest are refused without waiting.
+        errors: list[BrokerError | None] = []
+        failed: BrokerError | None = None
+        for message in messages:
+            if failed is None:
+                try:
+                    self.publish(*message)
+                except BrokerError as exc:
+                    failed = exc
+            errors.append(failed)
+        return errors, []
+
+    def shares_redis(self, url: str) -> bool:
+        return False
+
     def close(self) -> None:
         self.app.close()
 
@@ -59,9 +116,10 @@ class CeleryPublisher:
 class RedisListPublisher:
     """Writes job messages straight onto the Redis broker's queue lists."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+    def __init__(self, client: redis.Redis, key_prefix: str, url: str = "") -> None:
         self._redis = client
         self._prefix = key_prefix
+        self._url = url
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
 
     def message(self, task: str, job_id: str, queue: str, headers: dict[str, Any]) -> str:
@@ -74,6 +132,42 @@ class RedisListPublisher:
             self._redis.lpush(keys.queue_list(self._prefix, queue), message)
         except redis.RedisError as exc:
             raise BrokerError(f"broker unavailable: {exc.__class__.__name__}") from exc
+
+    def publish_many(
+        self, messages: Sequence[JobMessage], extra: PipelineExtra | None = None
+    ) -> tuple[list[BrokerError | None], list[Any]]:
+        """All messages in one pipelined round trip: one LPUSH per queue, in submission order.
+
+        LPUSH k m1 m2 leaves m1 nearest the tail, where workers BRPOP: first in,
+        first out, as separate publishes would be.
+        """
+        by_queue: dict[str, list[str]] = {}
+        for message in messages:
+            by_queue.setdefault(message.queue, []).append(self.message(*message))
+        pipe = self._redis.pipeline(transaction=False)
+        for queue, serialized in by_queue.items():
+            pipe.lpush(keys.queue_list(self._prefix, queue), *serialized)
+        if extra is not None:
+            extra(pipe)
+        try:
+            answers = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            failed = BrokerError(f"broker unavailable: {exc.__class__.__name__}")
+            failed.__cause__ = exc
+            return [failed] * len(messages), []
+        pushed = dict(zip(by_queue, answers, strict=False))
+        errors: list[BrokerError | None] = []
+        for message in messages:
+            answer = pushed[message.queue]
+            if isinstance(answer, Exception):
+                errors.append(BrokerError(f"broker refused the message: {answer}"))
+            else:
+                errors.append(None)
+        return errors, answers[len(by_queue) :]
+
+    def shares_redis(self, url: str) -> bool:
+        """Whether this publisher's broker is the Redis at `url` (one pipeline can serve both)."""
+        return url == self._url
 
     def close(self) -> None:
         self._redis.close()
@@ -94,5 +188,5 @@ def build_publisher(settings: Settings) -> Publisher:
         client = redis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
-        return RedisListPublisher(client, settings.redis_key_prefix)
+        return RedisListPublisher(client, settings.redis_key_prefix, url)
     return CeleryPublisher(producer_app(settings))

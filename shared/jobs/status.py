@@ -129,29 +129,55 @@ class StatusStore:
 
     def record_enqueued(self, owner_id: int, status: dict[str, Any]) -> int | None:
         """A just-published job's PENDING document, queue ticket and first event; its ticket."""
+        keys, args = self._enqueued_call(owner_id, status)
+        ticket = self._enqueued(keys=keys, args=args)
+        return int(ticket) or None
+
+    def queue_enqueued(
+        self, pipe: redis.client.Pipeline, owner_id: int, status: dict[str, Any]
+    ) -> None:
+        """Queue record_enqueued on `pipe` (any client of this Redis); see settle_enqueued.
+
+        A bare EVALSHA: a Script called on a pipeline makes every execute() ask
+        SCRIPT EXISTS first, one more round trip per batch of submissions.
+        """
+        keys, args = self._enqueued_call(owner_id, status)
+        pipe.evalsha(self._enqueued.sha, len(keys), *keys, *args)
+
+    def settle_enqueued(
+        self, entries: list[tuple[int, dict[str, Any]]], answers: list[Any]
+    ) -> None:
+        """After a pipeline of queue_enqueued calls: redo the ones Redis lacked the script for.
+
+        `answers` are the pipeline's (raise_on_error=False) for `entries`, in
+        order. Other errors are left to the caller's logging: best effort.
+        """
+        for (owner_id, status), answer in zip(entries, answers, strict=True):
+            if isinstance(answer, redis.exceptions.NoScriptError):
+                self.record_enqueued(owner_id, status)  # loads the script, then runs it
+
+    def _enqueued_call(self, owner_id: int, status: dict[str, Any]) -> tuple[list[str], list[Any]]:
         job_id = status["task_id"]
         queue = KIND_QUEUES[status["kind"]]
-        ticket = self._enqueued(
-            keys=[
-                self._keys.job_status(job_id),
-                self._streams.job(job_id),
-                self._streams.user(owner_id),
-                self._streams.firehose,
-                self._queue_key(queue, "tickets"),
-            ],
-            args=[
-                _compact({**status, **NO_ESTIMATE}),
-                owner_id,
-                queue,
-                self._ttl,
-                job_id,
-                isoformat(utcnow()),
-                JOB_STREAM_MAX,
-                USER_STREAM_MAX,
-                FIREHOSE_MAX,
-            ],
-        )
-        return int(ticket) or None
+        keys = [
+            self._keys.job_status(job_id),
+            self._streams.job(job_id),
+            self._streams.user(owner_id),
+            self._streams.firehose,
+            self._queue_key(queue, "tickets"),
+        ]
+        args = [
+            _compact({**status, **NO_ESTIMATE}),
+            owner_id,
+            queue,
+            self._ttl,
+            job_id,
+            isoformat(utcnow()),
+            JOB_STREAM_MAX,
+            USER_STREAM_MAX,
+            FIREHOSE_MAX,
+        ]
+        return keys, args
 
     def notify(
         self,
