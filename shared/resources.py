@@ -58,6 +58,9 @@ class Resources:
             pool_size=AUTOCOMMIT_POOL_SIZE,
             max_overflow=0,
             pool_pre_ping=False,
+            # The most recently returned connection first: under light load
+            # the same few stay busy (no ping), and the rest sit idle.
+            pool_use_lifo=True,
         )
         ping_after_idle(autocommit_engine, PING_AFTER_IDLE_SECONDS)
         client = create_redis(settings)
@@ -110,8 +113,11 @@ def ping_after_idle(engine: Engine, idle_seconds: float) -> None:
     a ping would show; one that sat idle (the server may have restarted or
     dropped it meanwhile) is pinged, and a dead one is replaced, with every
     other connection opened before it (SQLAlchemy's own pre-ping handling).
-    A server restart within the last `idle_seconds` of a connection's use can
-    still fail that one statement, which then invalidates the pool too.
+    A connection the server dropped within `idle_seconds` of its last use can
+    still fail one statement, which invalidates the pool too; the worker's
+    job-row statements run once more on a new connection then
+    (workers/job_run.py `one_statement`). `idle_seconds=0` pings every reuse,
+    as pool_pre_ping did.
     """
     dialect = engine.dialect
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared import jobs
@@ -23,6 +25,8 @@ from workers.runtime import resources
 from workers.tasks.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class JobSuperseded(Exception):
@@ -38,7 +42,7 @@ class JobRun:
         self.job = job
         self.final_status: dict[str, Any] | None = None
         self.status: dict[str, Any] = job_status.started_document(job)
-        # Unknown (True) unless the job finished through `succeed`, which asks the row.
+        # Whether the owner has webhook endpoints, as the finishing statement saw it.
         self._has_webhooks = True
         # The STARTED document not yet written: it goes with the next write, in its trip.
         self._start_pending = False
@@ -79,10 +83,10 @@ class JobRun:
 
     def complete(self, session: Session, result: dict[str, Any], message: str = "done") -> None:
         """Mark the job SUCCESS inside the caller's transaction."""
-        status = jobs.finish(session, self.job.id, state="SUCCESS", result=result, message=message)
-        if status is None:
+        finished = finish_job(session, self.job.id, state="SUCCESS", result=result, message=message)
+        if finished is None:
             raise JobSuperseded(str(self.job.id))
-        self.final_status = status
+        self.final_status, self._has_webhooks = finished
 
     def succeed(self, result: dict[str, Any], message: str = "done") -> None:
         """Mark the job SUCCESS in one statement of its own (a job whose result is its effect).
@@ -91,18 +95,19 @@ class JobRun:
         conditional on the job being unfinished, so a cancel or a duplicate
         delivery that finished it first makes this attempt a no-op.
         """
-        with self.res.autocommit_engine.connect() as conn:
-            finished = finish_job(
+        finished = one_statement(
+            self.res,
+            lambda conn: finish_job(
                 conn, self.job.id, state="SUCCESS", result=result, message=message
-            )
+            ),
+        )
         if finished is None:
             raise JobSuperseded(str(self.job.id))
         self.final_status, self._has_webhooks = finished
 
     def retry(self, exc: BaseException, countdown: float, message: str) -> Retry:
         """Record RETRY and return Celery's Retry for the task to raise."""
-        with self.res.autocommit_engine.connect() as conn:
-            jobs.mark_state(conn, self.job.id, "RETRY", message)
+        one_statement(self.res, lambda conn: jobs.mark_state(conn, self.job.id, "RETRY", message))
         self._publish({**self.status, "state": "RETRY", "message": message[:255]})
         countdown = delayable_countdown(self.task.app.conf.broker_url, countdown)
         return self.task.retry(exc=exc, countdown=countdown)
@@ -123,8 +128,9 @@ class JobRun:
 
     def fail(self, error: JobError) -> None:
         """Record FAILURE with the error's code, unless the job already ended."""
-        with self.res.autocommit_engine.connect() as conn:
-            finished = finish_job(conn, self.job.id, state="FAILURE", error=error)
+        finished = one_statement(
+            self.res, lambda conn: finish_job(conn, self.job.id, state="FAILURE", error=error)
+        )
         if finished is not None:
             self._has_webhooks = finished.has_webhooks
             self._announce(finished.status, error.message)
@@ -145,6 +151,27 @@ class JobRun:
             first=self._queue_start if self._start_pending else None,
         )
         self.status = status
+
+
+def one_statement(res: Resources, statement: Callable[[Connection], T]) -> T:
+    """Run one job-row statement, atomic by itself, on an autocommit connection.
+
+    Autocommit saves the BEGIN/COMMIT round trips. The pool pings a connection
+    only after it sat idle (shared/resources.py), so one the server dropped a
+    moment ago can still reach us: its statement fails before anything was
+    written, the pool discards it, and the statement runs once more on a new
+    connection. Each of these statements is conditional on the job's state,
+    so a second run can only find the first's work done.
+    """
+    for attempt in (1, 2):
+        try:
+            with res.autocommit_engine.connect() as conn:
+                return statement(conn)
+        except DBAPIError as error:
+            if attempt == 2 or not error.connection_invalidated:
+                raise
+            log.warning("database connection lost; running the statement again on a new one")
+    raise AssertionError("unreachable")
 
 
 def _progress_document(status: dict[str, Any], percent: int, message: str) -> dict[str, Any]:
@@ -177,9 +204,7 @@ def run_job(
     if parsed is None:
         log.error("dropping message with a malformed job id %r", job_id)
         return
-    # One statement, atomic by itself: autocommit saves the BEGIN/COMMIT trips.
-    with res.autocommit_engine.connect() as conn:
-        job = jobs.claim(conn, parsed)
+    job = one_statement(res, lambda conn: jobs.claim(conn, parsed))
     if job is None:
         log.info("job %s already finished or cancelled; skipping", job_id)
         return
