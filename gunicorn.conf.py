@@ -262,6 +262,16 @@ def on_exit(server: Any) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    """Fold the worker's last requests into the shared metrics files before it exits."""
+    # The app counts requests in plain Python objects and folds them into the
+    # Prometheus files once a second (api/metrics.py); the last second's would
+    # otherwise be lost with the process.
+    metrics = sys.modules.get("api.metrics")
+    if metrics is not None:
+        metrics.REQUESTS.flush()
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges from the shared Prometheus directory."""
     if os.environ.get(_METRICS_DIR_VAR):

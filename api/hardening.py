@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Flask, Response, request
 from flask_compress import Compress
 from flask_cors import CORS
 
+from api import observability
 from api.errors import ApiError
 from api.requests import MAX_BODY_BYTES
 from shared.settings import Settings
@@ -96,39 +95,38 @@ def init_hardening(app: Flask, settings: Settings) -> None:
             return response
         return compress.after_request(response)
 
-    # Fixed headers go on as plain tuples around the whole app rather than
-    # through an after_request hook: werkzeug's Headers.setdefault raises and
-    # catches a KeyError per missing header, six times per request.
-    app.wsgi_app = ResponseDefaults(app.wsgi_app, production=settings.is_production)  # type: ignore[method-assign]
+    # Fixed headers go on as plain tuples, by the one request wrapper
+    # (api/observability.py) rather than an after_request hook: werkzeug's
+    # Headers.setdefault raises and catches a KeyError per missing header.
+    defaults = response_defaults(production=settings.is_production)
+    hooks = app.extensions.get(observability.EXTENSION)
+    if hooks is None:
+        raise RuntimeError("init_hardening needs observability.init_app first (its wrapper)")
+    hooks.set_default_headers(defaults, finish=finish_headers)
 
 
-class ResponseDefaults:
-    """WSGI middleware: security headers, no-store and Vary unless set; drains refused bodies."""
+def response_defaults(*, production: bool) -> dict[str, str]:
+    """The headers every response gets unless it sets them itself."""
+    defaults = dict(SECURITY_HEADERS)
+    # Responses carry per-user data and job state: no cache may keep them.
+    defaults["Cache-Control"] = "no-store"
+    if production:
+        defaults["Strict-Transport-Security"] = HSTS
+    # gzip may be chosen by Accept-Encoding: caches must key on it (as
+    # flask-compress does for the bodies it compresses); finish_headers adds
+    # it to a Vary the response set itself.
+    defaults["Vary"] = "Accept-Encoding"
+    return defaults
 
-    def __init__(self, app: Any, *, production: bool) -> None:
-        self.app = app
-        defaults = dict(SECURITY_HEADERS)
-        # Responses carry per-user data and job state: no cache may keep them.
-        defaults["Cache-Control"] = "no-store"
-        if production:
-            defaults["Strict-Transport-Security"] = HSTS
-        self._defaults = [(name.lower(), (name, value)) for name, value in defaults.items()]
 
-    def __call__(self, environ: dict, start_response: Any) -> Any:
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            present = {name.lower() for name, _ in headers}
-            headers.extend(pair for lower, pair in self._defaults if lower not in present)
-            # gzip may be chosen by Accept-Encoding: caches must key on it (as
-            # flask-compress does for the bodies it compresses).
-            if "vary" not in present:
-                headers.append(("Vary", "Accept-Encoding"))
-            else:
-                _vary_on_encoding(headers)
-            if status.startswith("413"):
-                _drain_request_body(environ, headers)
-            return start_response(status, headers, exc_info)
-
-        return self.app(environ, start)
+def finish_headers(
+    environ: dict, status: str, headers: list[tuple[str, str]], present: set[str]
+) -> None:
+    """After the defaults: Vary names Accept-Encoding; a refused body is drained before a 413."""
+    if "vary" in present:
+        _vary_on_encoding(headers)
+    if status.startswith("413"):
+        _drain_request_body(environ, headers)
 
 
 def _vary_on_encoding(headers: list[tuple[str, str]]) -> None:
@@ -163,6 +161,8 @@ def _drain_request_body(environ: dict, headers: list[tuple[str, str]]) -> None:
 def _refuse_large_bodies() -> None:
     # Flask enforces MAX_CONTENT_LENGTH only when a view reads the body; this
     # answers 413 for every route, before any work, when the client says so up front.
+    if not request.environ.get("CONTENT_LENGTH"):
+        return  # no body announced (every GET): skip parsing headers
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large", "request body exceeds the 1 MiB limit")

@@ -1,13 +1,22 @@
-"""Per-request observability: log context, access line, slow requests, metrics, query count."""
+"""Per-request observability: request id, timing, log context, access line, metrics, query count.
+
+One WSGI wrapper (`RequestHooks`) around the Flask app does all of it, plus
+the fixed response headers that api/hardening.py hands it: each request pays
+one function call and a few tuple appends rather than a chain of Flask hooks,
+each looked up and called through Flask's machinery, and werkzeug `Headers`
+updates. The Flask side keeps one `before_request` hook (api/__init__.py) that
+gives views `g.request_id` and leaves `g` where the wrapper finds it.
+"""
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask
 from prometheus_client import CollectorRegistry
 
 from api import metrics
@@ -17,9 +26,23 @@ from shared.resources import Resources
 
 access_log = logging.getLogger("conveyor.access")
 
+# Where the wrapper leaves the request's id for the Flask side (g.request_id).
+REQUEST_ID_KEY = "conveyor.request_id"
+# Where the Flask side leaves the request's Request (its URL rule) and `g` (the
+# caller's identity) for the wrapper: Flask's own environ entry for its Request
+# is cleared when the request context ends, before the wrapper looks.
+REQUEST_KEY = "conveyor.request"
+GLOBALS_KEY = "conveyor.g"
+# Where the installed wrapper is kept, for api/hardening.py to hand it its headers.
+EXTENSION = "conveyor.request_hooks"
+# Route label of requests no URL rule matched (404s, 405s).
+UNMATCHED = "<unmatched>"
+# Scrapes would otherwise dominate the latency histogram.
+UNTIMED_ROUTES = frozenset({"/metrics"})
+
 
 def init_app(app: Flask, res: Resources, queues: list[str]) -> None:
-    """Install logging, request hooks and the metrics endpoint on `app`."""
+    """Install logging, the request wrapper and the metrics endpoint on `app`."""
     logging_setup.configure_logging(res.settings)
     registry = CollectorRegistry(auto_describe=True)
     # One reader of the real broker's queues, for admission control and /metrics.
@@ -29,81 +52,118 @@ def init_app(app: Flask, res: Resources, queues: list[str]) -> None:
     app.extensions["conveyor.metrics"] = registry
     metrics.instrument_pool(res.engine, "main")
     metrics.instrument_pool(res.autocommit_engine, "autocommit")
-    app.config["CONVEYOR_COUNT_QUERIES"] = (
-        not res.settings.is_production or res.settings.debug_query_count
+    count_queries = not res.settings.is_production or res.settings.debug_query_count
+    app.config["CONVEYOR_COUNT_QUERIES"] = count_queries
+    hooks = RequestHooks(
+        app.wsgi_app, slow_seconds=res.settings.slow_request_seconds, count_queries=count_queries
     )
-    app.before_request(_begin)
-    app.after_request(_make_end(res.settings.slow_request_seconds))
-    app.teardown_request(_teardown)
+    app.wsgi_app = hooks  # type: ignore[method-assign]
+    app.extensions[EXTENSION] = hooks
     app.register_blueprint(metrics.bp)
 
 
-def _begin() -> None:
-    g.obs_started = time.perf_counter()
-    metrics.IN_FLIGHT.inc()
-    g.obs_in_flight = True
-    logging_setup.clear()
-    logging_setup.bind(request_id=g.get("request_id"))
-    if _counting():
-        g.query_box = slow_queries.start_counting()
+def request_id_for(environ: dict) -> str:
+    """The client's X-Request-ID when it is a sane token, else a fresh random one."""
+    incoming = environ.get("HTTP_X_REQUEST_ID", "")
+    # Accept the client's id when it is a sane token; never echo arbitrary bytes.
+    if 0 < len(incoming) <= 128 and incoming.isprintable():
+        return incoming
+    return secrets.token_hex(16)
 
 
-# (route, method, status) -> its histogram child: `labels()` validates and
-# locks on every call, a measurable share of a /healthz.
-_latency_children: dict[tuple[str, str, int], Any] = {}
+class RequestHooks:
+    """WSGI middleware: what every request gets, around the whole Flask app.
 
+    Request id (X-Request-ID, also bound to every log line of the request),
+    X-Process-Time, X-Query-Count (when counting), the fixed headers
+    `set_default_headers` gave it (added unless the response set them), the
+    in-flight gauge, the latency histogram (api/metrics.py, folded off the
+    request path) and the JSON access line.
+    """
 
-def _latency(route: str, method: str, status: int) -> Any:
-    key = (route, method, status)
-    child = _latency_children.get(key)
-    if child is None:
-        child = _latency_children[key] = metrics.HTTP_LATENCY.labels(route, method, str(status))
-    return child
+    def __init__(self, app: Any, *, slow_seconds: float, count_queries: bool) -> None:
+        self.app = app
+        self.slow_seconds = slow_seconds
+        self.count_queries = count_queries
+        self._defaults: list[tuple[str, tuple[str, str]]] = []
+        self._finish: Callable[[dict, str, list[tuple[str, str]], set[str]], None] | None = None
 
+    def set_default_headers(
+        self,
+        headers: dict[str, str],
+        finish: Callable[[dict, str, list[tuple[str, str]], set[str]], None] | None = None,
+    ) -> None:
+        """Add `headers` to every response that does not set them, then call `finish`.
 
-def _make_end(slow_seconds: float) -> Callable[[Response], Response]:
-    def _end(response: Response) -> Response:
-        elapsed = time.perf_counter() - g.get("obs_started", time.perf_counter())
-        req = request._get_current_object()  # one context lookup, not one per attribute
-        rule = req.url_rule
-        route = rule.rule if rule is not None else "<unmatched>"
-        status = response.status_code
-        if route != "/metrics":  # scrapes would otherwise dominate the latency histogram
-            _latency(route, req.method, status).observe(elapsed)
-        box = g.get("query_box")
-        if box is not None:
-            response.headers["X-Query-Count"] = str(box[0])
-        slow = elapsed >= slow_seconds
+        `finish(environ, status, headers, names)` gets the names (lower case)
+        the response itself had set, and may change `headers` in place.
+        """
+        self._defaults = [(name.lower(), (name, value)) for name, value in headers.items()]
+        self._finish = finish
+
+    def __call__(self, environ: dict, start_response: Any) -> Iterable[bytes]:
+        started = time.perf_counter()
+        request_id = environ[REQUEST_ID_KEY] = request_id_for(environ)
+        requests = metrics.REQUESTS
+        requests.started()
+        logging_setup.start_request(request_id)
+        box = slow_queries.start_counting() if self.count_queries else None
+        answer: list[Any] = []
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            elapsed = time.perf_counter() - started
+            answer.append(status)
+            headers.append(("X-Request-ID", request_id))
+            headers.append(("X-Process-Time", f"{elapsed * 1000:.2f}"))
+            if box is not None:
+                headers.append(("X-Query-Count", str(box[0])))
+            if self._defaults:
+                present = {name.lower() for name, _ in headers}
+                headers.extend(pair for lower, pair in self._defaults if lower not in present)
+                if self._finish is not None:
+                    self._finish(environ, status, headers, present)
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.app(environ, start)
+        finally:
+            elapsed = time.perf_counter() - started
+            if box is not None:
+                slow_queries.stop_counting()
+            self._record(environ, answer, elapsed, box)
+            # The Request refers to the environ: without these two the pair
+            # would wait for the cyclic garbage collector.
+            environ.pop(REQUEST_KEY, None)
+            environ.pop(GLOBALS_KEY, None)
+            logging_setup.end_request()
+
+    def _record(self, environ: dict, answer: list[Any], elapsed: float, box: Any) -> None:
+        # The URL rule that matched is the route label.
+        request = environ.get(REQUEST_KEY)
+        rule = getattr(request, "url_rule", None)
+        route = rule.rule if rule is not None else UNMATCHED
+        method = environ.get("REQUEST_METHOD", "")
+        status = int(answer[0][:3]) if answer else 500
+        metrics.REQUESTS.finished(
+            None if route in UNTIMED_ROUTES else route, method, status, elapsed
+        )
+        slow = elapsed >= self.slow_seconds
         # The access line's fields only when it is written (LOG_LEVEL=WARNING skips it).
         if slow or access_log.isEnabledFor(logging.INFO):
-            identity = g.get("identity")
+            flask_g = environ.get(GLOBALS_KEY)
+            identity = flask_g.get("identity") if flask_g is not None else None
             fields = {
-                "method": req.method,
+                "method": method,
                 "route": route,
-                "path": req.path,
+                "path": getattr(request, "path", None) or environ.get("PATH_INFO", ""),
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 2),
-                "request_id": g.get("request_id"),
+                "request_id": environ.get(REQUEST_ID_KEY),
                 "user_id": getattr(identity, "user_id", None),
             }
             if box is not None:
                 fields["query_count"] = box[0]
             if slow:
-                access_log.warning("slow request %s %s", req.method, route, extra=fields)
+                access_log.warning("slow request %s %s", method, route, extra=fields)
             else:
-                access_log.info("%s %s %s", req.method, route, status, extra=fields)
-        return response
-
-    return _end
-
-
-def _teardown(_exc: BaseException | None) -> None:
-    if g.pop("obs_in_flight", False):
-        metrics.IN_FLIGHT.dec()
-    if g.pop("query_box", None) is not None:
-        slow_queries.stop_counting()
-    logging_setup.clear()
-
-
-def _counting() -> bool:
-    return bool(current_app.config.get("CONVEYOR_COUNT_QUERIES"))
+                access_log.info("%s %s %s", method, route, status, extra=fields)

@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
+from api.metrics import FLUSH_SECONDS
 from tests.support.environment import process_environment
 from tests.support.metrics import value
 from tests.support.processes import free_port, running_server
@@ -98,14 +100,46 @@ def _two_workers_add_up(base: str, metrics_dir: Path) -> None:
             sent += 20
     assert len(_served_by(metrics_dir)) >= 2, "every request landed on one worker"
 
-    # Whichever worker answers the scrape, it reports the sum over both.
+    # Whichever worker answers the scrape, it reports the sum over both: its
+    # own requests folded at the scrape, the other's within FLUSH_SECONDS.
+    deadline = time.monotonic() + 10 * FLUSH_SECONDS
+    counted = before
+    while counted - before != sent and time.monotonic() < deadline:
+        time.sleep(FLUSH_SECONDS / 4)
+        counted = value(_scrape(base), "conveyor_http_request_duration_seconds_count", **labels)
+    assert counted - before == sent
     for _ in range(4):
-        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
-            text = response.read().decode()
+        text = _scrape(base)
         counted = value(text, "conveyor_http_request_duration_seconds_count", **labels)
-        assert counted - before == sent
+        assert counted - before == sent  # exact, and stays so: nothing counted twice
         # livesum over both workers' pools (pool_size 10 each)
         assert value(text, "conveyor_db_pool_size", pool="main") == 20
+
+
+def test_stopping_workers_fold_their_last_requests(database_url: str, tmp_path: Path):
+    """Requests served just before a stop are in the shared files afterwards (worker_exit)."""
+    port = free_port()
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    env = _web_env(port, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    log_path = tmp_path / "gunicorn.log"
+    base = f"http://127.0.0.1:{port}"
+    with running_server(GUNICORN, env=env, log_path=log_path, port=port, start_timeout=60):
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(_get, [f"{base}/healthz"] * 60))
+        assert statuses == [200] * 60
+    # Stopped (SIGTERM) at once, most likely before any periodic flush: what
+    # the files hold now is what each worker folded on its way out.
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+    text = generate_latest(registry).decode()
+    labels = {"route": "/healthz", "method": "GET", "status": "200"}
+    assert value(text, "conveyor_http_request_duration_seconds_count", **labels) == 60
+
+
+def _scrape(base: str) -> str:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        return response.read().decode()
 
 
 def test_gunicorn_and_app_write_only_json_lines(gunicorn):
