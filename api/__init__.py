@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     observability.init_app(app, res, list(QUEUES))
     for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp, system.bp, cache.bp):
         app.register_blueprint(blueprint)
+    tasks.init_poll_reads(app)
     app.register_blueprint(ai.bp)
     # Tickets, and the stream routes as replay-and-close (the events process holds them open).
     app.register_blueprint(events.bp)

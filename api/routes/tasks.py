@@ -11,10 +11,11 @@ import json
 import logging
 
 import redis
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from api.errors import ApiError, not_found
 from api.extensions import resources
+from api.lean_redis import LeanReads
 from api.limits import poll_limited, suggest_poll_interval
 from api.openapi import documented
 from api.requests import parse_query
@@ -27,6 +28,21 @@ from shared.jobs import status as job_status
 bp = Blueprint("tasks", __name__, url_prefix="/api/v1/tasks")
 log = logging.getLogger(__name__)
 
+# The status store polls read from: the app's own, over `LeanReads` (one HMGET
+# without redis-py's per-command overhead; api/lean_redis.py).
+POLL_STATUSES = "conveyor.poll_statuses"
+
+
+def init_poll_reads(app: Flask) -> None:
+    """Give `app` the status store its polls read through."""
+    res = app.extensions["conveyor"]
+    app.extensions[POLL_STATUSES] = job_status.StatusStore(LeanReads(res.redis), res.keys)
+
+
+def _poll_statuses() -> job_status.StatusStore:
+    extensions = current_app.extensions
+    return extensions.get(POLL_STATUSES) or extensions["conveyor"].statuses
+
 
 @bp.get("/<task_id>")
 @poll_limited
@@ -38,7 +54,8 @@ def get_task(task_id: str) -> Response:
     if job_id is None:
         raise not_found()
     try:
-        live = resources().statuses.read_document(str(job_id), owner_id)
+        # Read fresh on every poll: the document a worker last wrote.
+        live = _poll_statuses().read_document(str(job_id), owner_id)
     except redis.RedisError:
         live = None
     if live is not None and live.state in jobs.TERMINAL:
