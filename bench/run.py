@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             drained = bench.drain(client)
             bench.latency(client)
             procs.stop("worker")
+            bench.profile_drain(client)
             noop = bench.noop_drain()
             bench.beat_and_flower_memory()
         if "web" in only:
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if "ai" in only:
             bench.ai(client)
             ai_slow = bench.ai_slow_upstream(client)
+            bench.profile_ai(client)
         if "web" in only:
             wallet_on, wallet_off = bench.wallet(client.token, base, client)
         if "streams" in only:
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report.table(bench.figures))
         print(report.ratio_table(ratios))
         if args.output is None:
+            for label, text in bench.profiles.items():
+                print(f"\n### profile: {label}\n\n{text}")
             print(
                 f"\npartial run ({', '.join(sorted(only))}): not written, in "
                 f"{time.monotonic() - started:.0f} s"
@@ -342,11 +346,12 @@ def _profile_section(profiles: dict[str, str]) -> str:
     if not profiles:
         return ""
     parts = [
-        "py-spy (`record --subprocesses --nonblocking --gil`, 250 Hz) on the gunicorn master "
-        "during an extra, unreported load run. `--gil` samples only the thread holding the GIL, "
-        "so this is where the web workers' CPU goes (waits on PostgreSQL and Redis do not "
-        "show). Shares are of samples taken inside a request (Flask's `wsgi_app`), counting a "
-        "function once per sample wherever it appears in the stack."
+        "py-spy (`record --subprocesses --nonblocking --gil`, 250 Hz) on the gunicorn master, "
+        "or on a Celery worker, during an extra, unreported run of the same load. `--gil` "
+        "samples only the thread holding the GIL, so this is where the processes' CPU goes "
+        "(waits on PostgreSQL and Redis do not show). For the web, shares are of samples taken "
+        "inside a request (Flask's `wsgi_app`); for workers, of all samples of the worker's "
+        "process tree. A function counts once per sample wherever it appears in the stack."
     ]
     for label, text in profiles.items():
         parts += ["", f"### {label}", "", text]

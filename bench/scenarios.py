@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import time
 import uuid
@@ -260,6 +261,63 @@ class Bench:
         )
         print(f"  drained {succeeded}/{n} in {seconds:.1f} s: {rate or 0:,.0f} jobs/s")
         return ids
+
+    def profile_drain(self, client: ApiClient) -> None:
+        """An extra, unreported drain with py-spy on the worker's process tree."""
+        if not self.options.profile:
+            return
+        n = self.options.drain_jobs
+        print(f"ledger worker drain, profiled: enqueueing {n} jobs")
+        ids = submit_many(client, "/api/v1/transactions", [CREDIT] * n)
+        shape = ("prefork", "ledger,maintenance", self.options.ledger_concurrency or _cores())
+        label = "ledger drain (prefork worker: main process and pool processes)"
+        self.profile_worker(label, "worker-profiled", shape, ids, f"{self.prefix}ledger")
+
+    def profile_ai(self, client: ApiClient) -> None:
+        """An extra, unreported run of the Procfile's worker_ai (1 s upstream) under py-spy."""
+        if not self.options.profile or self.upstream is None:
+            return
+        latency, self.upstream.latency = self.upstream.latency, 1.0
+        try:
+            bodies = [_ai_body(f"bench profiled {i} {uuid.uuid4().hex}") for i in range(500)]
+            print("AI jobs, profiled: enqueueing 500")
+            ids = submit_many(client, "/api/v1/ai/generate", bodies)
+            label = "AI jobs (worker_ai: gevent, concurrency 100, 1 s upstream)"
+            shape = ("gevent", "ai", 100)
+            extra = ("--prefetch-multiplier", "4")
+            self.profile_worker(label, "worker-ai-profiled", shape, ids, f"{self.prefix}ai", extra)
+        finally:
+            self.upstream.latency = latency
+
+    def profile_worker(
+        self,
+        label: str,
+        name: str,
+        shape: tuple[str, str, int],
+        ids: list[str],
+        queue: str,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        """Start a worker of `shape` on queued `ids`, sample it with py-spy until they finish."""
+        pool, queues, concurrency = shape
+        self.start_worker(name, pool, queues, concurrency, extra)
+        pid = self.procs.pid(name)
+        wait_until(lambda: self.redis.llen(queue) < len(ids), 60, interval=0.01)
+        raw = self.work_dir / f"profile-{name}.txt"
+        spy = profiling.start(pid, raw, 120)
+        if spy is None:
+            self.profiles[label] = "_py-spy not installed (`pip install -r requirements-dev.txt`)_"
+        try:
+            self.wait_terminal(ids, timeout=120)
+        finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+                spy.wait(30)
+            self.procs.stop(name)
+        if spy is not None:
+            self.profiles[label] = (
+                profiling.summarise(raw, inside=None) if raw.exists() else "_py-spy failed_"
+            )
 
     def latency(self, client: ApiClient) -> None:
         """(7): submit → SUCCESS for single jobs at low load, polled by the client."""
