@@ -1,7 +1,8 @@
 """Per-process AI provider and result cache for the `ai.*` tasks, rebuilt after a fork.
 
-One provider per process means one pooled httpx client: the up to
-AI_WORKER_CONCURRENCY greenlets of a gevent worker share its connections.
+One provider per process means one set of kept-alive upstream connections
+(shared/ai/upstream_http.py): the up to AI_WORKER_CONCURRENCY greenlets of a
+gevent worker take them in turn, one call per connection at a time.
 """
 
 from __future__ import annotations
