@@ -213,7 +213,8 @@ def _publish(
     if lost:
         # Nothing was accepted for these: remove the rows so a retry starts clean.
         admission_batch.delete_unpublished(
-            conn, [uuid.UUID(outcomes[i].status["task_id"]) for i in lost]  # type: ignore[union-attr]
+            conn,
+            [uuid.UUID(outcomes[i].status["task_id"]) for i in lost],  # type: ignore[union-attr]
         )
         gone = {outcomes[i].status["task_id"] for i in lost}  # type: ignore[union-attr]
         for i, error in zip(fresh, errors, strict=True):
