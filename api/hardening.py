@@ -90,6 +90,11 @@ def init_hardening(app: Flask, settings: Settings) -> None:
     def _compress_large(response: Response) -> Response:
         # Most answers (a poll, /healthz) are far below the threshold: skip
         # flask-compress's negotiation for them (`Vary` is still added below).
+        body = response.response
+        # A body set in one piece (jsonify, a stored document) is a list of
+        # one bytes object: its size without parsing Content-Length back.
+        if isinstance(body, list) and len(body) == 1 and len(body[0]) < COMPRESS_MIN_BYTES:
+            return response
         length = response.content_length
         if length is not None and length < COMPRESS_MIN_BYTES:
             return response

@@ -11,7 +11,7 @@ gives views `g.request_id` and leaves `g` where the wrapper finds it.
 from __future__ import annotations
 
 import logging
-import secrets
+import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -68,7 +68,10 @@ def request_id_for(environ: dict) -> str:
     # Accept the client's id when it is a sane token; never echo arbitrary bytes.
     if 0 < len(incoming) <= 128 and incoming.isprintable():
         return incoming
-    return secrets.token_hex(16)
+    # 128 random bits from the process's generator (reseeded in every forked
+    # worker): an id to correlate lines, not a secret (clients choose their
+    # own), so no system call for the kernel's randomness on every request.
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestHooks:
@@ -86,6 +89,8 @@ class RequestHooks:
         self.slow_seconds = slow_seconds
         self.count_queries = count_queries
         self._defaults: list[tuple[str, tuple[str, str]]] = []
+        self._default_pairs: list[tuple[str, str]] = []
+        self._default_names: frozenset[str] = frozenset()
         self._finish: Callable[[dict, str, list[tuple[str, str]], set[str]], None] | None = None
 
     def set_default_headers(
@@ -99,6 +104,8 @@ class RequestHooks:
         the response itself had set, and may change `headers` in place.
         """
         self._defaults = [(name.lower(), (name, value)) for name, value in headers.items()]
+        self._default_pairs = [pair for _lower, pair in self._defaults]
+        self._default_names = frozenset(lower for lower, _pair in self._defaults)
         self._finish = finish
 
     def __call__(self, environ: dict, start_response: Any) -> Iterable[bytes]:
@@ -119,7 +126,10 @@ class RequestHooks:
                 headers.append(("X-Query-Count", str(box[0])))
             if self._defaults:
                 present = {name.lower() for name, _ in headers}
-                headers.extend(pair for lower, pair in self._defaults if lower not in present)
+                if present.isdisjoint(self._default_names):  # the usual case: all of them
+                    headers.extend(self._default_pairs)
+                else:
+                    headers.extend(pair for lower, pair in self._defaults if lower not in present)
                 if self._finish is not None:
                     self._finish(environ, status, headers, present)
             return start_response(status, headers, exc_info)
