@@ -30,6 +30,7 @@ from shared.jobs.events import (
 from shared.jobs.kinds import KIND_QUEUES
 from shared.jobs.model import TERMINAL, isoformat, utcnow
 from shared.jobs.records import get_status
+from shared.jobs.status_scripts import StatusPipeline, run_script
 from shared.redis_store import Keys
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,9 @@ class StatusStore:
         self._enqueued = client.register_script(status_scripts.RECORD_ENQUEUED)
         self._notify = client.register_script(status_scripts.APPEND_NOTIFICATION)
 
-    def pipeline(self) -> redis.client.Pipeline:
+    def pipeline(self) -> StatusPipeline:
         """A non-transactional pipeline on this store's client, to batch writes in one trip."""
-        return self._redis.pipeline(transaction=False)
+        return StatusPipeline(self._redis.pipeline(transaction=False))
 
     def _queue_key(self, queue: str, name: str) -> str:
         return f"{self._keys.prefix}queue:{queue}:{name}"
@@ -90,7 +91,7 @@ class StatusStore:
         *,
         only_if_missing: bool = False,
         event: str = "state",
-        pipe: redis.client.Pipeline | None = None,
+        pipe: redis.client.Pipeline | StatusPipeline | None = None,
     ) -> bool:
         """Store `status` and append it as an event, unless the stored one is terminal.
 
@@ -101,7 +102,9 @@ class StatusStore:
         document = status if "queue_position" in status else {**status, **NO_ESTIMATE}
         job_id = status["task_id"]
         queue = KIND_QUEUES.get(status.get("kind", ""), "none")
-        written = self._write(
+        written = run_script(
+            self._write,
+            pipe,
             keys=[
                 self._keys.job_status(job_id),
                 self._streams.job(job_id),
@@ -123,7 +126,6 @@ class StatusStore:
                 USER_STREAM_MAX,
                 FIREHOSE_MAX,
             ],
-            client=pipe,
         )
         return pipe is None and bool(written)
 
@@ -183,10 +185,12 @@ class StatusStore:
         self,
         owner_id: int,
         notification: dict[str, Any],
-        pipe: redis.client.Pipeline | None = None,
+        pipe: redis.client.Pipeline | StatusPipeline | None = None,
     ) -> str:
         """Append `notification` to its owner's event stream; the event id (unless on `pipe`)."""
-        return self._notify(
+        return run_script(
+            self._notify,
+            pipe,
             keys=[self._streams.user(owner_id), self._streams.firehose],
             args=[
                 notification.get("task_id") or "",
@@ -198,7 +202,6 @@ class StatusStore:
                 USER_STREAM_MAX,
                 FIREHOSE_MAX,
             ],
-            client=pipe,
         )
 
     def read(self, job_id: str, owner_id: int) -> dict[str, Any] | None:

@@ -1,8 +1,16 @@
 """The Lua scripts behind the live status document and its event log (shared/jobs/status.py).
 
 Each runs as one call: a document and its events are written together or not
-at all. Kept apart from the store so the store reads as Python.
+at all. Kept apart from the store so the store reads as Python, with how they
+run on a pipeline (`StatusPipeline`).
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.commands.core import Script
 
 # A PENDING document's queue estimate: the queue hands out tickets at submit
 # (INCR) and remembers the highest ticket a worker has claimed; a job's
@@ -107,3 +115,57 @@ return append_event('', KEYS[1], KEYS[2], 'notification', ARGV[1], ARGV[2], ARGV
                     ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 """
 )
+
+
+class StatusPipeline:
+    """A pipeline on which the store's Lua scripts run as bare EVALSHA.
+
+    A redis-py Script called on a pipeline makes every `execute()` ask SCRIPT
+    EXISTS first: one more round trip per pipeline, on every job's status
+    writes. Here a script goes in as EVALSHA; if Redis has lost the script
+    (a restart), only that call fails with NOSCRIPT, and `execute` runs it
+    again through the Script, which loads it: the other commands ran once.
+    Every other command is the wrapped pipeline's own.
+    """
+
+    def __init__(self, pipe: redis.client.Pipeline) -> None:
+        self._pipe = pipe
+        self._scripts: dict[int, tuple[Script, list[Any], list[Any]]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def __len__(self) -> int:
+        return len(self._pipe)
+
+    def run_script(self, script: Script, keys: list[Any], args: list[Any]) -> None:
+        """Queue `script` as EVALSHA, remembered for a NOSCRIPT re-run."""
+        self._scripts[len(self._pipe.command_stack)] = (script, keys, args)
+        self._pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Send everything in one trip; re-run any script Redis did not have."""
+        answers = self._pipe.execute(raise_on_error=False)
+        for index, (script, keys, args) in self._scripts.items():
+            if isinstance(answers[index], redis.exceptions.NoScriptError):
+                answers[index] = script(keys=keys, args=args)  # loads it, then runs it
+        self._scripts.clear()
+        if raise_on_error:
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer
+        return answers
+
+
+def run_script(
+    script: Script,
+    pipe: redis.client.Pipeline | StatusPipeline | None,
+    *,
+    keys: list[Any],
+    args: list[Any],
+) -> Any:
+    """`script` now (None), queued on a StatusPipeline as EVALSHA, or on a plain pipeline."""
+    if isinstance(pipe, StatusPipeline):
+        pipe.run_script(script, keys, args)
+        return None
+    return script(keys=keys, args=args, client=pipe)

@@ -1,0 +1,72 @@
+"""Status writes on a pipeline: one trip (no SCRIPT EXISTS), and a Redis that lost the scripts."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.jobs.status import StatusStore
+from shared.redis_store import Keys
+from tests.support.redis_server import PrivateRedis
+
+pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    # Its own server: the test flushes the script cache, which no shared server should lose.
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _document(state: str = "SUCCESS") -> dict:
+    return {
+        "task_id": str(uuid.uuid4()),
+        "kind": "ledger.transaction",
+        "state": state,
+        "progress": 100,
+        "message": "done",
+        "created_at": "2026-12-01T00:00:00+00:00",
+        "updated_at": "2026-12-01T00:00:01+00:00",
+        "expires_at": "2026-12-02T00:00:00+00:00",
+        "result": {"balance": 1},
+        "error": None,
+    }
+
+
+def test_scripts_on_a_pipeline_go_in_one_trip_and_survive_a_lost_script_cache(private_redis):
+    client = private_redis.client()
+    store = StatusStore(client, Keys(f"t{uuid.uuid4().hex[:6]}:"))
+    commands_before = _script_exists_calls(client)
+    first, second = _document(), _document()
+    pipe = store.pipeline()
+    store.write(7, first, pipe=pipe)
+    client.lpush("side-effect", "once")  # another command in the same trip, not on the pipeline
+    pipe.lpush("side-effect", "once")
+    store.notify(7, {"task_id": first["task_id"], "type": "job.succeeded"}, pipe=pipe)
+    # Redis forgets every script (as after a restart): the script calls fail
+    # NOSCRIPT, are loaded and run again; the plain command runs once.
+    client.script_flush()
+    pipe.execute()
+    assert store.read(first["task_id"], 7)["state"] == "SUCCESS"
+    assert client.lrange("side-effect", 0, -1) == ["once", "once"]
+    events = client.xrange(f"{store._streams.user(7)}")
+    assert [e[1]["type"] for e in events] == ["state", "notification"]
+    # Scripts loaded again: the next pipeline runs them with no SCRIPT EXISTS trip.
+    pipe = store.pipeline()
+    store.write(7, second, pipe=pipe)
+    pipe.execute()
+    assert store.read(second["task_id"], 7)["state"] == "SUCCESS"
+    assert _script_exists_calls(client) == commands_before
+    client.close()
+
+
+def _script_exists_calls(client) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
