@@ -280,10 +280,13 @@ LIMITS = [
     "requests served (the figure least disturbed by other load, and the one to compare between "
     "runs); for AI rows, the worker_ai process's CPU from its first message taken to its last "
     "job, divided by the jobs (its start-up not counted).",
-    "Submit: one autocommit INSERT ... SELECT (plus the pool's pre-ping, a second round trip "
-    "on every checkout) and one broker publish. Celery's publish is the largest CPU cost "
-    "(kombu builds a new Redis client object per publish, and routes and serialises the "
-    "message through several layers); the INSERT is next.",
+    "Submit: group commit (shared/jobs/group_commit.py). Concurrent submits in one web "
+    "process share one multi-row INSERT (admission ranked per owner inside the statement, "
+    "Idempotency-Key conflicts settled by ON CONFLICT) and one pipelined Redis trip (the "
+    "LPUSHes, the PENDING documents, tickets and first events); a submit that finds no flush "
+    "running flushes at once, so an idle server adds no wait. Under wrk's 32 connections a "
+    "flush carries several requests; what remains per request is Flask, gunicorn, the "
+    "per-request hooks, auth and validation.",
     "Poll: one Redis HMGET; a terminal document is sent as stored. What remains is JWT "
     "verification, Flask itself and gunicorn's HTTP handling. The per-request hooks are two "
     "WSGI wrappers that add the request id, X-Process-Time and the fixed security headers as "
@@ -327,12 +330,13 @@ LIMITS = [
     "clients - idle before them) / thousands connected. beat and flower are measured idle "
     "(nothing loads them in this run: flower would turn on every worker's task events).",
     "AI against 1 s: 100 greenlets, so 100 jobs/s at most. The worker is one process on one "
-    "core: each job's CPU (claim and finish transactions, status writes, the cache's Redis "
-    "round trips, Celery's own) runs on that core between upstream waits, and when a hundred "
-    "answers arrive together they queue behind each other's CPU; a job's time from claim to "
-    "finish grows past the 1 s by that queue. The upstream calls go through ten httpx pools "
-    "of ten connections: one pool of 100 spent a quarter of the worker's CPU walking and "
-    "polling its connections on every request.",
+    "core. A job's CPU is a claim statement and a finish statement (autocommit, one each), its "
+    "status writes (STARTED goes with the first progress write), the AI cache's lookup (one "
+    "trip), the upstream call on a kept-alive http.client connection (httpx's layers cost "
+    "about three times as much per call) and Celery's own per-message work. A fixed 1 s "
+    "upstream makes jobs finish in waves of a hundred, and Celery's consumer (one greenlet) "
+    "refills the slots one message at a time, so the wave's last slot starts a few hundred ms "
+    "after its first: each slot's cycle is the 1 s plus that wait.",
     "AI: the upstream's 200 ms caps a slot at 5 jobs/s, so concurrency / 0.2 s at most. With "
     "`worker_prefetch_multiplier=1` the gevent worker (Celery's synchronous consume loop) stops "
     "asking Redis for messages while every slot is busy and looks again only when its 2 s "
