@@ -59,6 +59,8 @@ from workers.kombu_patches import ack_many
 from workers.runtime import resources
 
 log = logging.getLogger(__name__)
+# Where Celery's path writes "task started" / "task finished" (workers/observability.py).
+task_log = logging.getLogger("conveyor.tasks")
 
 # Jobs per database call: large enough to amortise the call, small enough
 # that one batch holds its wallet rows briefly.
@@ -167,8 +169,19 @@ class Batcher:
                 batch, self.buffer = self.buffer[:MAX_BATCH], self.buffer[MAX_BATCH:]
                 self.in_flight += 1
             started = time.monotonic()
+            logs = task_log.isEnabledFor(logging.INFO)
+            now = time.time()
             for held in batch:
                 self._event("task-started", held)
+                if logs:
+                    # The lines Celery's path writes per task (workers/observability.py).
+                    sent_at = _float(held.headers.get("sent_at"))
+                    wait_ms = None if sent_at is None else round(max(0.0, now - sent_at) * 1000)
+                    task_log.info(
+                        "task started",
+                        extra={**self._log_fields(held), "queue_wait_ms": wait_ms,
+                               "batch_size": len(batch)},
+                    )  # fmt: skip
             items = [Item(h.task_id, h.job_id, _float(h.headers.get("sent_at"))) for h in batch]
             self.pool.apply_async(
                 self.target,
@@ -184,19 +197,11 @@ class Batcher:
         runtime = time.monotonic() - started
         done = [held for index, held in enumerate(batch) if index not in back]
         self._ack(done)
-        logs = log.isEnabledFor(logging.INFO)
         for held in done:
             self._event("task-succeeded", held, result="None", runtime=runtime)
-            if logs:
-                # Celery's line for a finished task (a job handed back gets its
-                # own from Celery's path instead).
-                log.info(
-                    "Task %s[%s] succeeded in %.6fs: None",
-                    self.task.name,
-                    held.task_id,
-                    runtime,
-                    extra={**self._log_fields(held), "batch_size": len(batch)},
-                )
+        if log.isEnabledFor(logging.INFO):
+            for index, held in enumerate(batch):
+                self._log_finished(held, len(batch), runtime, handed_back=index in back)
         self._release(batch, [batch[i] for i in sorted(back)])
 
     def _ack(self, done: list[Held]) -> None:
@@ -214,6 +219,9 @@ class Batcher:
         # of what committed, so every job takes Celery's own path (a finished
         # one is skipped there).
         log.warning("ledger batch of %d lost (%r); each job runs on its own", len(batch), exc)
+        if log.isEnabledFor(logging.INFO):
+            for held in batch:
+                self._log_finished(held, len(batch), None, handed_back=True)
         self._release(batch, batch)
 
     def _release(self, batch: list[Held], handed_back: list[Held]) -> None:
@@ -242,12 +250,34 @@ class Batcher:
         with self.qos._mutex:
             self.qos.value = base + min(self.held, MAX_HELD)
 
-    @staticmethod
-    def _log_fields(held: Held) -> dict[str, Any]:
+    def _log_fields(self, held: Held) -> dict[str, Any]:
+        """The per-task log context Celery's path binds (workers/observability.request_context)."""
         return {
+            "task_id": held.task_id,
             "request_id": held.headers.get("request_id"),
+            "job_kind": self.task.name,
             "user_id": held.headers.get("user_id"),
         }
+
+    def _log_finished(
+        self, held: Held, size: int, runtime: float | None, *, handed_back: bool
+    ) -> None:
+        fields = {**self._log_fields(held), "batch_size": size}
+        duration = None if runtime is None else round(runtime * 1000, 2)
+        if handed_back:
+            # Celery's own path runs it next and logs its own lines.
+            task_log.info("task finished", extra={**fields, "state": "HANDED_BACK"})
+            return
+        task_log.info(
+            "task finished", extra={**fields, "state": "SUCCESS", "duration_ms": duration}
+        )
+        log.info(
+            "Task %s[%s] succeeded in %.6fs: None",
+            self.task.name,
+            held.task_id,
+            runtime,
+            extra=fields,
+        )
 
     def _event(self, kind: str, held: Held, **fields: Any) -> None:
         if self.eventer is not None and self.eventer.enabled:

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from api.metrics import QueueDepthCollector
 from shared.broker.depth import RedisQueueDepths
+from shared.resources import AUTOCOMMIT_POOL_SIZE
 from shared.settings import ROOT
 from tests.support.environment import process_environment
 from tests.support.metrics import samples, scrape, value
@@ -64,7 +65,7 @@ def test_queue_depth_pool_and_cache_metrics(client, resources, redis_client):
     for queue in ("ledger", "ai", "maintenance"):
         assert ("conveyor_queue_depth", frozenset({("queue", queue)})) in samples(text)
     assert value(text, "conveyor_broker_up") == 1
-    for pool, size in (("main", 10), ("autocommit", 5)):
+    for pool, size in (("main", 10), ("autocommit", AUTOCOMMIT_POOL_SIZE)):
         assert value(text, "conveyor_db_pool_size", pool=pool) == size
         assert ("conveyor_db_pool_checked_out", frozenset({("pool", pool)})) in samples(text)
         assert ("conveyor_db_pool_overflow", frozenset({("pool", pool)})) in samples(text)
