@@ -220,7 +220,8 @@ def _stack_env(database_url: str, redis_url: str, prefix: str, ai_base_url: str)
     env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
     env.update(
         {
-            "CONVEYOR_ENV": "development",
+            # As compose runs it: production (no per-request query counting, HSTS).
+            "CONVEYOR_ENV": "production",
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "CONVEYOR_REDIS_PREFIX": prefix,
@@ -258,7 +259,8 @@ def _setup_lines(options: Options) -> dict[str, str]:
             "scenario, on the same 2 cores as everything else"
         ),
         "web": "gunicorn -c gunicorn.conf.py (gevent, as the Procfile runs it; WEB_CONCURRENCY "
-        "default), RATELIMIT_ENABLED=false, LOG_LEVEL=WARNING, bound to 127.0.0.1; the naive app "
+        "default), CONVEYOR_ENV=production, RATELIMIT_ENABLED=false, LOG_LEVEL=WARNING, bound to "
+        "127.0.0.1; the naive app "
         "runs under the same config file; the gthread rows add `--worker-class gthread`",
         "waiting clients": "bench/waiting_clients.py: one asyncio process, raw streams, "
         "HTTP/1.1 keep-alive, loopback only, its own open-files limit raised; each client "
@@ -294,8 +296,8 @@ LIMITS = [
     "line, body-size guard); flask-compress is consulted only for bodies over 500 bytes. "
     "Gunicorn's own access line is off: the logging config had switched it on, a tenth of a "
     "/healthz's CPU spent formatting lines that were then discarded. The naive app runs under "
-    "the same gunicorn.conf.py and gains the same. The bench runs CONVEYOR_ENV=development, "
-    "where every request also counts its queries (X-Query-Count); production does not.",
+    "the same gunicorn.conf.py and gains the same. The bench runs CONVEYOR_ENV=production, as "
+    "compose does: development would also count every request's queries (X-Query-Count).",
     "Naive baseline: `.delay()` also subscribes the web process to the result's pub/sub "
     "channel (redis result backend), which Conveyor's publish skips (`ignore_result`).",
     "Drain: the Procfile's prefork worker (-c 2) drains ledger.transaction jobs in batches "

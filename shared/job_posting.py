@@ -16,8 +16,10 @@ one commit, each job with its own outcome:
   (job, seq), as always) is appended and the job is marked SUCCESS with its
   result, all in the same commit as the rest of the list.
 
-Postings to one wallet apply in the order given; wallets are locked in owner
-order, so two lists that share owners never deadlock. A list is all-or-nothing
+Postings to one wallet apply in the order given. Locks follow one global
+order (every job row of the list by id, then wallets in owner order), so two
+lists that share owners, or even a job (a message delivered twice), never
+deadlock, nor does a list and a single job's transaction. A list is all-or-nothing
 at the transaction level: if the call fails (the database is down, a timeout),
 nothing of it was written and every job can be run again.
 """

@@ -17,9 +17,12 @@ down_revision = "0005_webhooks"
 branch_labels = None
 depends_on = None
 
-# For each job, in owner order (then in the caller's order within an owner, so
-# one wallet's postings apply in arrival order and two batches sharing owners
-# lock wallets in the same order, never in a cycle), one statement of
+# Locks are taken in one global order, so two calls (or a call and a single
+# job's transaction, which locks its job row, then its wallet) never wait on
+# each other in a cycle: first every unfinished job row of the list, by id
+# (a job delivered twice can sit in two concurrent lists), then, job by job in
+# owner order (and in the caller's order within an owner, so one wallet's
+# postings apply in arrival order), each wallet. Per job, one statement of
 # data-modifying CTEs:
 # - `job` locks the job row if it is still unfinished (a cancelled, finished or
 #   unknown job yields nothing, so nothing else happens);
@@ -45,6 +48,11 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     next_id uuid;
 BEGIN
+    PERFORM 1 FROM jobs
+    WHERE jobs.id = ANY(job_ids) AND jobs.kind = 'ledger.transaction'
+        AND jobs.state = ANY(unfinished)
+    ORDER BY jobs.id
+    FOR UPDATE;
     FOR next_id IN
         SELECT ids.id
         FROM unnest(job_ids) WITH ORDINALITY AS ids(id, pos)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from shared import jobs, ledger
 from shared.job_posting import post_and_finish, post_jobs
@@ -178,3 +179,55 @@ def test_lists_sharing_wallets_in_opposite_orders_never_deadlock(resources, make
         thread.join()
     assert errors == []
     assert [_balance(resources, owner) for owner in owners] == [10, 10, 10, 10]
+
+
+def test_a_job_in_two_concurrent_lists_never_deadlocks_them(resources, make_user):
+    """A repeated message can put one job in two lists at once; both lists complete.
+
+    Staged so the lock-order cycle would happen: a third session holds the
+    wallet; list A (reaching the shared job last) queues on the wallet first,
+    then list B (reaching it first) holds the shared job and queues behind A.
+    When the wallet is let go, A gets it and moves on to the shared job.
+    """
+    user_id, _ = make_user("batch_dup_lock")
+    shared = _job(resources, user_id, {"type": "credit", "amount": 1})
+    first = [_job(resources, user_id, {"type": "credit", "amount": 1}) for _ in range(2)]
+    second = [_job(resources, user_id, {"type": "credit", "amount": 1}) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def post(job_ids):
+        try:
+            _post_list(resources, job_ids)
+        except BaseException as exc:  # a deadlock surfaces here as DBAPIError
+            errors.append(exc)
+
+    with resources.engine.connect() as holder:
+        holder.execute(text("BEGIN"))
+        holder.execute(text("SELECT 1 FROM wallets WHERE user_id = :u FOR UPDATE"), {"u": user_id})
+        threads = []
+        for waiting, job_ids in ((1, [*first, shared]), (2, [shared, *second])):
+            thread = threading.Thread(target=post, args=(job_ids,))
+            thread.start()
+            threads.append(thread)
+            _until_lock_waiters(resources, waiting)
+        holder.execute(text("ROLLBACK"))
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert _entries(resources, shared) == 1
+    assert _balance(resources, user_id) == 5
+
+
+def _until_lock_waiters(resources, count: int) -> None:
+    """Until `count` sessions of this database wait on a lock (bounded)."""
+    deadline = time.monotonic() + 10
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while True:
+        with resources.engine.connect() as conn:
+            if conn.execute(query).scalar() >= count:
+                return
+        assert time.monotonic() < deadline, f"{count} sessions never waited on a lock"
+        time.sleep(0.02)
