@@ -53,7 +53,6 @@ from sqlalchemy.engine import make_url
 
 from shared import job_posting, jobs
 from shared.jobs.lifecycle import queue_outcome, queue_webhooks
-from shared.settings import normalize_database_url
 from shared.wallet_cache import user_scope
 from workers.kombu_patches import ack_many
 from workers.runtime import resources
@@ -95,7 +94,7 @@ class Item:
 def strategy(task: Task, app: Celery, consumer: Any, **options: Any) -> Callable[..., Any]:
     """The consumer's message handler for `task`: batched where the database allows it."""
     default = default_strategy(task, app, consumer, **options)
-    database_url = normalize_database_url(app.conf.conveyor_settings.database_url)
+    database_url = app.conf.conveyor_settings.resolved_database_url  # SQLite when unset
     if make_url(database_url).get_backend_name() != "postgresql":
         return default  # the one-call posting is PostgreSQL's (job_posting.py)
     # A message handed back was logged as received when it was buffered.
