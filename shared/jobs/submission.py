@@ -65,29 +65,21 @@ def submit(
     skips the in-flight cap (the job the system itself starts at login).
     Raises TooManyInflightJobs, IdempotencyKeyReused or BrokerError.
     """
-    submission = create_job(
-        conn,
+    job = PreparedJob(
         owner_id=owner_id,
         kind=kind,
         params=params,
+        headers=headers,
         idempotency_key=idempotency_key,
         request_fingerprint=(
             request_hash(kind, request_payload or params) if idempotency_key else None
         ),
-        ttl_seconds=settings.job_ttl_seconds,
-        idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
         max_inflight=settings.max_inflight_jobs if admission else None,
     )
-    if submission.replayed:
-        return submission
-    task_id = submission.status["task_id"]
-    try:
-        publisher.publish(kind, task_id, KIND_QUEUES[kind], headers)
-    except BrokerError:
-        # Nothing was accepted: remove the record so a retry starts clean.
-        delete_job(conn, parse_job_id(task_id))
-        raise
-    return submission
+    outcome = _record_and_publish(conn, publisher, settings, job)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 @dataclass(frozen=True)
@@ -281,6 +273,23 @@ def _pending(job_id: uuid.UUID, kind: str, created: str | None, expires: str | N
     }
 
 
+def _record_and_publish(
+    conn: Connection, publisher: Publisher, settings: Settings, job: PreparedJob
+) -> Outcome:
+    """The single path: record one job, publish it; a job the broker refused is removed again."""
+    submission = _record_alone(conn, settings, job)
+    if not isinstance(submission, Submission) or submission.replayed:
+        return submission
+    task_id = submission.status["task_id"]
+    try:
+        publisher.publish(job.kind, task_id, KIND_QUEUES[job.kind], job.headers)
+    except BrokerError as exc:
+        # Nothing was accepted: remove the record so a retry starts clean.
+        delete_job(conn, parse_job_id(task_id))
+        return exc
+    return submission
+
+
 def _submit_alone(
     conn: Connection,
     publisher: Publisher,
@@ -289,16 +298,8 @@ def _submit_alone(
     job: PreparedJob,
 ) -> Outcome:
     """The single path for one job of a batch (SQLite): record, publish, PENDING document."""
-    submission = _record_alone(conn, settings, job)
-    if not isinstance(submission, Submission) or submission.replayed:
-        return submission
-    task_id = submission.status["task_id"]
-    try:
-        publisher.publish(job.kind, task_id, KIND_QUEUES[job.kind], job.headers)
-    except BrokerError as exc:
-        delete_job(conn, parse_job_id(task_id))
-        return exc
-    if statuses is not None:
+    submission = _record_and_publish(conn, publisher, settings, job)
+    if isinstance(submission, Submission) and not submission.replayed and statuses is not None:
         try:
             statuses.record_enqueued(job.owner_id, submission.status)
         except redis.RedisError:
