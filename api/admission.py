@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from flask import current_app
+from flask import Flask, current_app
 
 from api.errors import ApiError
-from api.extensions import resources
 from shared.broker.depth import BrokerUnavailable, QueueDepths
 
 log = logging.getLogger(__name__)
@@ -26,11 +25,12 @@ def too_many_inflight(limit: int) -> ApiError:
     )
 
 
-def ensure_queue_capacity(queue: str) -> None:
+def ensure_queue_capacity(queue: str, app: Flask | None = None) -> None:
     """503 `overloaded` when `queue` already holds more than QUEUE_MAX_DEPTH messages."""
-    limit = resources().settings.queue_max_depth
+    extensions = (app or current_app).extensions
+    limit = extensions["conveyor"].settings.queue_max_depth
     try:
-        depth = queue_depths().depth(queue)
+        depth = extensions["conveyor.queue_depths"].depth(queue)
     except BrokerUnavailable:
         # Publishing will fail and answer 503 naming the broker; nothing to add here.
         return

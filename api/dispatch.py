@@ -11,14 +11,12 @@ import logging
 from typing import Any
 
 import redis
-from flask import Response, g, jsonify, request, url_for
+from flask import Flask, Response, current_app, g, request
 
 from api.admission import ensure_queue_capacity, too_many_inflight
 from api.errors import ApiError
 from api.extensions import resources, submit_batcher
-from api.limits import suggest_poll_interval
 from api.metrics import JOBS_ACCEPTED
-from api.security import current_identity
 from shared import jobs
 from shared.jobs.submission import PreparedJob
 
@@ -27,11 +25,19 @@ log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY = 255
 # The 202's Retry-After: a new job starts within a second or two when workers keep up.
 FIRST_POLL_SECONDS = 1
+_FIRST_POLL = str(FIRST_POLL_SECONDS)
+# Where a job's status is polled (api/routes/tasks.py: get_task), below the script root.
+TASK_STATUS_PATH = "/api/v1/tasks/"
 
 
 def idempotency_key() -> str | None:
     """The request's Idempotency-Key header, validated (≤255 printable characters)."""
-    key = request.headers.get("Idempotency-Key")
+    return _idempotency_key(request.environ)
+
+
+def _idempotency_key(environ: dict[str, Any]) -> str | None:
+    # The WSGI variable itself: what request.headers.get("Idempotency-Key") reads.
+    key = environ.get("HTTP_IDEMPOTENCY_KEY")
     if key is None:
         return None
     if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
@@ -51,26 +57,31 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
     concurrent submissions share one INSERT and one broker round trip, and
     each still gets its own answer: 202, a replay, 422, 429 or 503.
     """
-    res = resources()
-    owner_id = current_identity().user_id
-    key = idempotency_key()
-    ensure_queue_capacity(jobs.KIND_QUEUES[kind])
-    outcome = submit_batcher().run(
+    # Every submission passes here: the request, `g` and the app are looked up
+    # once each (a context-local lookup is about a microsecond, and the helpers
+    # below would otherwise repeat them a dozen times).
+    flask_g = g._get_current_object()
+    app = current_app._get_current_object()
+    settings = app.extensions["conveyor"].settings
+    owner_id = flask_g.identity.user_id
+    key = _idempotency_key(request.environ)
+    ensure_queue_capacity(jobs.KIND_QUEUES[kind], app)
+    outcome = submit_batcher(app).run(
         PreparedJob(
             owner_id=owner_id,
             kind=kind,
             params=params,
-            headers=message_headers(owner_id),
+            headers={"request_id": flask_g.get("request_id"), "user_id": owner_id},
             idempotency_key=key,
             request_fingerprint=jobs.request_hash(kind, request_payload) if key else None,
-            max_inflight=res.settings.max_inflight_jobs,
+            max_inflight=settings.max_inflight_jobs,
         )
     )
     if isinstance(outcome, Exception):
-        raise _refusal(outcome, res.settings.max_inflight_jobs)
+        raise _refusal(outcome, settings.max_inflight_jobs)
     if not outcome.replayed:
         JOBS_ACCEPTED.labels(kind).inc()
-    return accepted(kind, outcome.status["task_id"], replayed=outcome.replayed)
+    return _accepted(app, flask_g, kind, outcome.status["task_id"], outcome.replayed)
 
 
 def _refusal(outcome: Exception, max_inflight: int) -> Exception:
@@ -106,13 +117,20 @@ def message_headers(owner_id: int) -> dict[str, Any]:
     return {"request_id": g.get("request_id"), "user_id": owner_id}
 
 
-def accepted(kind: str, task_id: str, *, replayed: bool = False) -> Response:
-    status_url = url_for("tasks.get_task", task_id=task_id)
-    response = jsonify(
+def _accepted(app: Flask, flask_g: Any, kind: str, task_id: str, replayed: bool) -> Response:
+    # url_for("tasks.get_task", task_id=...) spelled out: the script root (a
+    # mount behind a proxy) plus the route's own prefix. A job id is a UUID,
+    # so nothing in it needs quoting.
+    status_url = f"{request.script_root}{TASK_STATUS_PATH}{task_id}"
+    response = app.json.response(
         {"task_id": task_id, "kind": kind, "state": "PENDING", "status_url": status_url}
     )
     response.status_code = 202
-    response.headers["Location"] = status_url
+    headers = response.headers
+    headers.add("Location", status_url)
+    headers.add("Retry-After", _FIRST_POLL)
     if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return suggest_poll_interval(response, FIRST_POLL_SECONDS)
+        headers.add("Idempotent-Replayed", "true")
+    # The poll hint the rate limiter reads back (api/limits.suggest_poll_interval).
+    flask_g.poll_interval = FIRST_POLL_SECONDS
+    return response

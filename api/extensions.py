@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flask import current_app
+from flask import Flask, current_app
 
 from shared.broker.publish import Publisher
 from shared.jobs.group_commit import GroupCommit
@@ -26,13 +26,15 @@ def publisher() -> Publisher:
     return current_app.extensions["conveyor.publisher"]
 
 
-def submit_batcher() -> GroupCommit[PreparedJob, Outcome]:
+def submit_batcher(app: Flask | None = None) -> GroupCommit[PreparedJob, Outcome]:
     """This process's group commit for submissions, built on first use (after gunicorn forks)."""
-    extensions = current_app.extensions
+    extensions = (app or current_app).extensions
     batcher = extensions.get(_BATCHER)
     if batcher is None:
         # setdefault: two first requests at once still share one batcher.
-        batcher = extensions.setdefault(_BATCHER, _build_batcher(resources(), publisher()))
+        batcher = extensions.setdefault(
+            _BATCHER, _build_batcher(extensions["conveyor"], extensions["conveyor.publisher"])
+        )
     return batcher
 
 

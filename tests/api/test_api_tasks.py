@@ -19,6 +19,28 @@ def _submit(client, headers, amount=5, key=None):
     )
 
 
+def test_the_status_url_is_the_poll_route_under_the_mount_point(app, client, make_user):
+    # The 202 spells the poll URL out (api/dispatch.py); it must stay what
+    # url_for builds, also when the app is mounted below a prefix (SCRIPT_NAME).
+    from flask import url_for
+
+    _, headers = make_user()
+    for mount in ("", "/conveyor"):
+        response = client.post(
+            "/api/v1/transactions",
+            json={"type": "credit", "amount": 5},
+            headers=headers,
+            environ_overrides={"SCRIPT_NAME": mount},
+        )
+        body = response.get_json()
+        assert response.status_code == 202
+        with app.test_request_context(environ_overrides={"SCRIPT_NAME": mount}):
+            expected = url_for("tasks.get_task", task_id=body["task_id"])
+        assert expected.startswith(f"{mount}/api/v1/tasks/")
+        assert body["status_url"] == response.headers["Location"] == expected
+        assert response.headers["Retry-After"] == "1"
+
+
 def test_submit_answers_202_with_location_and_pending_status(client, make_user):
     _, headers = make_user()
     response = _submit(client, headers)
