@@ -21,6 +21,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from shared.broker import envelope, keys
 from shared.broker.config import celery_broker_config
+from shared.lean_pipeline import LeanPipelines
 from shared.settings import Settings
 
 __all__ = [
@@ -32,9 +33,10 @@ __all__ = [
     "build_publisher",
 ]
 
-# Queues more commands on the publisher's own pipeline (same Redis server);
+# Queues more commands on the publisher's own pipeline (same Redis server;
+# redis-py's Pipeline or a LeanPipeline, which has evalsha and execute_command);
 # publish_many hands back their answers.
-PipelineExtra = Callable[[redis.client.Pipeline], None]
+PipelineExtra = Callable[[Any], None]
 
 
 class JobMessage(NamedTuple):
@@ -118,6 +120,8 @@ class RedisListPublisher:
 
     def __init__(self, client: redis.Redis, key_prefix: str, url: str = "") -> None:
         self._redis = client
+        # Each batch of submissions is one pipeline on connections of its own.
+        self._pipelines = LeanPipelines(client)
         self._prefix = key_prefix
         self._url = url
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
@@ -144,7 +148,7 @@ class RedisListPublisher:
         by_queue: dict[str, list[str]] = {}
         for message in messages:
             by_queue.setdefault(message.queue, []).append(self.message(*message))
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._pipelines.pipeline()
         for queue, serialized in by_queue.items():
             pipe.lpush(keys.queue_list(self._prefix, queue), *serialized)
         if extra is not None:
@@ -170,6 +174,7 @@ class RedisListPublisher:
         return url == self._url
 
     def close(self) -> None:
+        self._pipelines.close()
         self._redis.close()
 
 

@@ -1,0 +1,171 @@
+"""One pipelined Redis round trip on a connection of our own, without redis-py's per-command layers.
+
+The submit flush (shared/jobs/submission.py) sends one LPUSH per queue and one
+EVALSHA per job in one pipeline. Through redis-py 8 each command of a
+pipeline is encoded by its Python packer and each answer goes through its
+response callbacks, and each execute() takes a connection from the pool
+(two pid checks, a lock, a stray-data poll, a release event, OpenTelemetry
+counters); together several times the cost of the commands themselves.
+
+`LeanPipelines` keeps a few connections of its own, made by the client pool's
+own connection class and settings (URL, TLS, timeouts, health checks). A
+pipeline packs its commands with the connection's packer (hiredis when
+installed), sends them in one write and reads one raw answer per command:
+an error answer (NoScriptError included) takes its command's place, as with
+redis-py's `execute(raise_on_error=False)`. A connection goes back to the
+idle list only after every answer was read, so it never holds stray data.
+
+A connection or timeout error discards the connection and runs the whole
+pipeline again through the real client, whose retry policy decides and
+whose error (Redis down) the caller already handles: exactly what redis-py's
+own pipeline does on such an error (it retries the whole pipeline too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from typing import Any
+
+import redis
+
+try:  # redis-py's own packer calls it too, after a Python pass over every argument
+    from hiredis import pack_command
+except ImportError:  # pragma: no cover - hiredis is pinned in requirements.txt
+    pack_command = None
+
+# Connections one process keeps. The gevent web runs at most 64 requests in the
+# app per worker (gunicorn.conf.py) and one flush at a time per worker; past this
+# many at once a pipeline takes the client's pool instead.
+MAX_CONNECTIONS = 8
+
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class LeanPipelines:
+    """Pipelines for `client`'s Redis on connections of their own."""
+
+    def __init__(self, client: redis.Redis, max_connections: int = MAX_CONNECTIONS) -> None:
+        pool = client.connection_pool
+        self.client = client
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = dict(pool.connection_kwargs)
+        self._max_connections = max_connections
+        # list.append/pop are atomic: safe for greenlets and threads alike.
+        self._idle: list[Any] = []
+        self._opened: list[None] = []
+        # A forked child must not share the parent's sockets.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_after_fork(ref))
+
+    def pipeline(self) -> LeanPipeline:
+        return LeanPipeline(self)
+
+    def connections(self) -> int:
+        """Connections of its own open right now (idle or in use)."""
+        return len(self._opened)
+
+    def close(self) -> None:
+        """Close every idle connection (those in use are closed when they come back)."""
+        while self._idle:
+            self._discard(self._idle.pop())
+
+    def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Each command's raw answer, or the ResponseError it got, in order."""
+        if not commands:
+            return []
+        connection = self._checkout()
+        if connection is None:
+            return self._through_client(commands)
+        try:
+            connection.send_packed_command(_pack(connection, commands))
+            answers: list[Any] = []
+            for _ in commands:
+                try:
+                    answers.append(connection.read_response())
+                except redis.ResponseError as exc:
+                    answers.append(exc)
+        except BaseException as exc:
+            self._discard(connection)
+            if isinstance(exc, _TRANSIENT):
+                return self._through_client(commands)
+            raise
+        self._idle.append(connection)
+        return answers
+
+    def _through_client(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute(raise_on_error=False)
+
+    def _checkout(self) -> Any:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        if len(self._opened) >= self._max_connections:
+            return None
+        self._opened.append(None)
+        return self._connection_class(**self._connection_kwargs)
+
+    def _discard(self, connection: Any) -> None:
+        try:
+            connection.disconnect()
+        finally:
+            with contextlib.suppress(IndexError):
+                self._opened.pop()
+
+    def _after_fork(self) -> None:
+        self._idle = []
+        self._opened = []
+
+
+class LeanPipeline:
+    """Commands queued for one round trip; `execute` sends them (redis-py's method names)."""
+
+    __slots__ = ("_commands", "_owner")
+
+    def __init__(self, owner: LeanPipelines) -> None:
+        self._owner = owner
+        self._commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> LeanPipeline:
+        self._commands.append(args)
+        return self
+
+    def lpush(self, name: str, *values: Any) -> LeanPipeline:
+        return self.execute_command("LPUSH", name, *values)
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> LeanPipeline:
+        return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Every answer in order; with `raise_on_error`, the first error answer is raised."""
+        commands, self._commands = self._commands, []
+        answers = self._owner.run(commands)
+        if raise_on_error:
+            for answer in answers:
+                if isinstance(answer, redis.ResponseError):
+                    raise answer
+        return answers
+
+
+def _pack(connection: Any, commands: list[tuple[Any, ...]]) -> Any:
+    """The commands in Redis's protocol, as chunks to send: hiredis's C packer when installed."""
+    if pack_command is None:
+        return connection.pack_commands(commands)
+    try:
+        return [b"".join([pack_command(command) for command in commands])]
+    except TypeError as exc:  # an argument type Redis cannot take, as redis-py reports it
+        raise redis.DataError(str(exc)) from exc
+
+
+def _forget_after_fork(ref: weakref.ref[LeanPipelines]) -> None:
+    pipelines = ref()
+    if pipelines is not None:
+        pipelines._after_fork()
