@@ -195,6 +195,10 @@ def post_worker_init(worker: Any) -> None:
     # Without it a database query blocks the OS thread, i.e. every connection
     # the worker holds (the same patch as worker_ai's, workers/gevent_support.py).
     patch_psycopg()
+    from shared.gevent_redis import native_zero_timeout_poll
+
+    # redis-py's per-command "stray data?" check, without a gevent watcher each time.
+    native_zero_timeout_poll()
     worker.wsgi = _bounded(worker.wsgi, APP_CONCURRENCY)
 
 

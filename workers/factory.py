@@ -64,4 +64,8 @@ def wire_process() -> None:
     ai_runtime.install()
     # `worker_ai` runs `-P gevent`: Celery monkey-patches before importing the
     # app, and psycopg2 must then yield to other greenlets while it waits.
-    patch_psycopg_for_gevent()
+    if patch_psycopg_for_gevent():
+        from shared.gevent_redis import native_zero_timeout_poll
+
+        # redis-py's per-command "stray data?" check, without a gevent watcher each time.
+        native_zero_timeout_poll()
