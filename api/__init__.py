@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, request
+from flask.globals import _cv_app, _cv_request
 
 from api import observability, openapi
 from api.errors import register_error_handlers
@@ -111,9 +112,15 @@ def _request_id(environ: dict) -> str:
 
 
 def _start_request() -> None:
-    """Give views g.request_id, and the request wrapper this request's Request and `g`."""
-    current = request._get_current_object()  # one context lookup each, not one per use
-    request_globals = g._get_current_object()
+    """Give views g.request_id, and the request wrapper this request's Request and `g`.
+
+    Also raises the refusal the wrapper left for this request (a body over the
+    limit), as the first hook, so the error takes Flask's usual path.
+    """
+    # The context variables behind `request` and `g`, read once each: werkzeug's
+    # LocalProxy costs a lookup per attribute (Flask 3.1's own globals module).
+    current = _cv_request.get().request
+    request_globals = _cv_app.get().g
     environ = current.environ
     request_id = environ.get(REQUEST_ID_KEY)
     if request_id is None:  # an app without the wrapper: _finish_request sets the headers
@@ -122,6 +129,9 @@ def _start_request() -> None:
     request_globals.request_id = request_id
     environ[observability.REQUEST_KEY] = current
     environ[observability.GLOBALS_KEY] = request_globals
+    refusal = environ.get(observability.REFUSAL_KEY)
+    if refusal is not None:
+        raise refusal
 
 
 def _finish_request(response: Response) -> Response:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from flask import Flask, Response
 from flask_compress import Compress
 from flask_cors import CORS
 
@@ -66,7 +66,15 @@ def page_policy(response: Response, policy: str) -> Response:
 
 def init_hardening(app: Flask, settings: Settings) -> None:
     """Install the body-size guard, CORS, gzip and security headers on `app`."""
-    app.before_request(_refuse_large_bodies)
+    # The guard and the fixed headers are the one request wrapper's
+    # (api/observability.py), not Flask hooks: a hook costs every request a
+    # call through Flask's machinery and context-local lookups.
+    hooks = app.extensions.get(observability.EXTENSION)
+    if hooks is None:
+        raise RuntimeError("init_hardening needs observability.init_app first (its wrapper)")
+    # Flask enforces MAX_CONTENT_LENGTH only when a view reads the body; this
+    # answers 413 for every route, before any work, when the client says so up front.
+    hooks.refuse_bodies_over(MAX_BODY_BYTES, _body_too_large)
     origins = cors_origins(settings)
     if origins:
         CORS(
@@ -104,9 +112,6 @@ def init_hardening(app: Flask, settings: Settings) -> None:
     # (api/observability.py) rather than an after_request hook: werkzeug's
     # Headers.setdefault raises and catches a KeyError per missing header.
     defaults = response_defaults(production=settings.is_production)
-    hooks = app.extensions.get(observability.EXTENSION)
-    if hooks is None:
-        raise RuntimeError("init_hardening needs observability.init_app first (its wrapper)")
     hooks.set_default_headers(defaults, finish=finish_headers)
 
 
@@ -163,11 +168,5 @@ def _drain_request_body(environ: dict, headers: list[tuple[str, str]]) -> None:
     headers.append(("Connection", "close"))
 
 
-def _refuse_large_bodies() -> None:
-    # Flask enforces MAX_CONTENT_LENGTH only when a view reads the body; this
-    # answers 413 for every route, before any work, when the client says so up front.
-    if not request.environ.get("CONTENT_LENGTH"):
-        return  # no body announced (every GET): skip parsing headers
-    length = request.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", "request body exceeds the 1 MiB limit")
+def _body_too_large() -> ApiError:
+    return ApiError(413, "payload_too_large", "request body exceeds the 1 MiB limit")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import threading
@@ -111,8 +110,11 @@ class RequestMetrics:
 
     def finished(self, route: str | None, method: str, status: int, seconds: float) -> None:
         """A request left the app after `seconds`; `route` None: not recorded (scrapes)."""
-        with contextlib.suppress(IndexError):  # started before a fork, finished after it
+        # try/except rather than contextlib.suppress: no context manager object per request.
+        try:  # noqa: SIM105 - see above
             self._in_flight.pop()
+        except IndexError:  # started before a fork, finished after it
+            pass
         if route is not None:
             pending = self._pending
             pending.append(((route, method, status), seconds))

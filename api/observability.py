@@ -1,24 +1,28 @@
 """Per-request observability: request id, timing, log context, access line, metrics, query count.
 
 One WSGI wrapper (`RequestHooks`) around the Flask app does all of it, plus
-the fixed response headers that api/hardening.py hands it: each request pays
-one function call and a few tuple appends rather than a chain of Flask hooks,
-each looked up and called through Flask's machinery, and werkzeug `Headers`
-updates. The Flask side keeps one `before_request` hook (api/__init__.py) that
-gives views `g.request_id` and leaves `g` where the wrapper finds it.
+the fixed response headers and the body-size limit that api/hardening.py hands
+it: each request pays one function call and a few tuple appends rather than a
+chain of Flask hooks, each looked up and called through Flask's machinery, and
+werkzeug `Headers` updates. The Flask side keeps one `before_request` hook
+(api/__init__.py) that gives views `g.request_id`, leaves the Request and `g`
+where the wrapper finds them, and raises the refusal the wrapper prepared.
+Under gunicorn, the fixed headers are checked once per process (see
+`trust_in_gunicorn`).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import sys
-import time
 from collections.abc import Callable, Iterable
+from random import getrandbits
+from time import perf_counter
 from typing import Any
 
 from flask import Flask
 from prometheus_client import CollectorRegistry
+from werkzeug.wsgi import get_content_length
 
 from api import metrics
 from shared import logging_setup, slow_queries
@@ -34,6 +38,9 @@ REQUEST_ID_KEY = "conveyor.request_id"
 # is cleared when the request context ends, before the wrapper looks.
 REQUEST_KEY = "conveyor.request"
 GLOBALS_KEY = "conveyor.g"
+# Where the wrapper leaves the error a request must be refused with (a body
+# over the limit `refuse_bodies_over` set), for the Flask side to raise.
+REFUSAL_KEY = "conveyor.refusal"
 # Where the installed wrapper is kept, for api/hardening.py to hand it its headers.
 EXTENSION = "conveyor.request_hooks"
 # Route label of requests no URL rule matched (404s, 405s).
@@ -72,7 +79,7 @@ def request_id_for(environ: dict) -> str:
     # 128 random bits from the process's generator (reseeded in every forked
     # worker): an id to correlate lines, not a secret (clients choose their
     # own), so no system call for the kernel's randomness on every request.
-    return f"{random.getrandbits(128):032x}"
+    return f"{getrandbits(128):032x}"
 
 
 class RequestHooks:
@@ -81,8 +88,9 @@ class RequestHooks:
     Request id (X-Request-ID, also bound to every log line of the request),
     X-Process-Time, X-Query-Count (when counting), the fixed headers
     `set_default_headers` gave it (added unless the response set them), the
-    in-flight gauge, the latency histogram (api/metrics.py, folded off the
-    request path) and the JSON access line.
+    body-size check `refuse_bodies_over` set, the in-flight gauge, the latency
+    histogram (api/metrics.py, folded off the request path) and the JSON
+    access line.
     """
 
     def __init__(self, app: Any, *, slow_seconds: float, count_queries: bool) -> None:
@@ -93,6 +101,8 @@ class RequestHooks:
         self._default_pairs: list[tuple[str, str]] = []
         self._default_names: frozenset[str] = frozenset()
         self._finish: Callable[[dict, str, list[tuple[str, str]], set[str]], None] | None = None
+        self._max_body: int | None = None
+        self._refusal: Callable[[], Exception] | None = None
 
     def set_default_headers(
         self,
@@ -113,9 +123,21 @@ class RequestHooks:
         if "gunicorn.http.wsgi" in sys.modules:
             trust_in_gunicorn(self._default_pairs)
 
+    def refuse_bodies_over(self, limit: int, refusal: Callable[[], Exception]) -> None:
+        """Refuse a request whose Content-Length exceeds `limit` bytes, before any work.
+
+        The wrapper only reads the environ; the Flask side raises `refusal()`
+        (see REFUSAL_KEY), so the answer takes the usual error path (error
+        shape, CORS) and the request still gets its route label.
+        """
+        self._max_body = limit
+        self._refusal = refusal
+
     def __call__(self, environ: dict, start_response: Any) -> Iterable[bytes]:
-        started = time.perf_counter()
+        started = perf_counter()
         request_id = environ[REQUEST_ID_KEY] = request_id_for(environ)
+        if self._max_body is not None and environ.get("CONTENT_LENGTH"):
+            self._check_length(environ)  # only when a body is announced (not on a GET)
         requests = metrics.REQUESTS
         requests.started()
         logging_setup.start_request(request_id)
@@ -123,18 +145,20 @@ class RequestHooks:
         answer: list[Any] = []
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            elapsed = time.perf_counter() - started
             answer.append(status)
+            defaults = self._defaults
+            if defaults:
+                # The names the response itself set (a handful: the usual two).
+                present = {name.lower() for name, _ in headers}
             headers.append(("X-Request-ID", request_id))
-            headers.append(("X-Process-Time", f"{elapsed * 1000:.2f}"))
+            headers.append(("X-Process-Time", f"{(perf_counter() - started) * 1000:.2f}"))
             if box is not None:
                 headers.append(("X-Query-Count", str(box[0])))
-            if self._defaults:
-                present = {name.lower() for name, _ in headers}
+            if defaults:
                 if present.isdisjoint(self._default_names):  # the usual case: all of them
                     headers.extend(self._default_pairs)
                 else:
-                    headers.extend(pair for lower, pair in self._defaults if lower not in present)
+                    headers.extend(pair for lower, pair in defaults if lower not in present)
                 if self._finish is not None:
                     self._finish(environ, status, headers, present)
             return start_response(status, headers, exc_info)
@@ -142,7 +166,7 @@ class RequestHooks:
         try:
             return self.app(environ, start)
         finally:
-            elapsed = time.perf_counter() - started
+            elapsed = perf_counter() - started
             if box is not None:
                 slow_queries.stop_counting()
             self._record(environ, answer, elapsed, box)
@@ -151,6 +175,12 @@ class RequestHooks:
             environ.pop(REQUEST_KEY, None)
             environ.pop(GLOBALS_KEY, None)
             logging_setup.end_request()
+
+    def _check_length(self, environ: dict) -> None:
+        # As werkzeug reads it (None for a chunked body: the stream's own limit applies).
+        length = get_content_length(environ)
+        if length is not None and length > self._max_body and self._refusal is not None:
+            environ[REFUSAL_KEY] = self._refusal()
 
     def _record(self, environ: dict, answer: list[Any], elapsed: float, box: Any) -> None:
         # The URL rule that matched is the route label.
