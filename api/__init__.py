@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
 from flask.globals import _cv_app, _cv_request
+from werkzeug.routing import MapAdapter
 
 from api import observability, openapi
 from api.errors import register_error_handlers
@@ -77,17 +78,80 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
+# What a request's URL adapter takes from the environment besides its method,
+# path and query: the Host (or server name and port), the scheme, a WebSocket
+# upgrade and the mount point.
+_ADAPTER_ENVIRON = (
+    "HTTP_HOST",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "wsgi.url_scheme",
+    "HTTP_CONNECTION",
+    "HTTP_UPGRADE",
+    "SCRIPT_NAME",
+)
+# Distinct such combinations remembered per process (clients choose the Host).
+_MAX_ADAPTER_ORIGINS = 256
+
+
 class ConveyorFlask(Flask):
-    """Flask, remembering which views and hooks are plain functions.
+    """Flask, remembering what it would otherwise work out again on every request.
 
     Flask asks `inspect.iscoroutinefunction` of every hook and view on every
     request (`ensure_sync`); the answer never changes for a function, and the
-    question was a measurable share of a poll's CPU.
+    question was a measurable share of a poll's CPU. And every request's URL
+    adapter parses the Host header twice and IDNA-encodes it (about a tenth of
+    a /healthz's time in the app): `create_url_adapter` does that once per
+    distinct Host, scheme and mount point.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_callables: dict[Callable[..., Any], Callable[..., Any]] = {}
+        self._adapter_origins: dict[tuple[Any, ...], tuple[str, str, str, str | None, str]] = {}
         super().__init__(*args, **kwargs)
+
+    def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
+        """Flask's URL adapter; its host-derived parts kept per distinct origin."""
+        if (
+            request is None
+            or self.config["TRUSTED_HOSTS"] is not None
+            or self.config["SERVER_NAME"] is not None
+            or self.url_map.host_matching
+            or self.subdomain_matching
+        ):
+            return super().create_url_adapter(request)
+        environ = request.environ
+        key = tuple(environ.get(name) for name in _ADAPTER_ENVIRON)
+        origin = self._adapter_origins.get(key)
+        if origin is None:
+            # Flask's own path (a bad Host raises here and is never remembered).
+            adapter = super().create_url_adapter(request)
+            if adapter is not None:
+                if len(self._adapter_origins) >= _MAX_ADAPTER_ORIGINS:
+                    self._adapter_origins.clear()
+                self._adapter_origins[key] = (
+                    request.host,
+                    adapter.server_name,
+                    adapter.script_name,
+                    adapter.subdomain,
+                    adapter.url_scheme,
+                )
+            return adapter
+        host, server_name, script_name, subdomain, url_scheme = origin
+        request.host = host  # what Flask's create_url_adapter sets  # type: ignore[misc]
+        path_info = environ.get("PATH_INFO")
+        query = environ.get("QUERY_STRING")
+        # werkzeug's bind_to_environ: WSGI strings are latin-1 wrapped UTF-8.
+        return MapAdapter(
+            self.url_map,
+            server_name,
+            script_name,
+            subdomain,
+            url_scheme,
+            _wsgi_text(path_info) if path_info is not None else "/",
+            environ["REQUEST_METHOD"],
+            _wsgi_text(query) if query is not None else None,
+        )
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Flask's ensure_sync, its answer kept per function."""
@@ -101,6 +165,10 @@ class ConveyorFlask(Flask):
         if len(self._sync_callables) < 10_000:  # bound it, should callables be made per request
             self._sync_callables[func] = sync
         return sync
+
+
+def _wsgi_text(value: str) -> str:
+    return value.encode("latin1").decode(errors="replace")
 
 
 # Where the request wrapper (api/observability.py) leaves the request's id.

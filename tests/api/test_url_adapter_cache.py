@@ -1,0 +1,97 @@
+"""ConveyorFlask's URL adapter equals Flask's own, request after request (api/__init__.py)."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from werkzeug.exceptions import BadHost, HTTPException
+from werkzeug.test import EnvironBuilder
+
+ENVIRONS = [
+    {"base_url": "http://127.0.0.1:8000/", "path": "/healthz"},
+    {"base_url": "http://example.com:80/", "path": "/api/v1/tasks/abc", "query_string": "a=1"},
+    {"base_url": "https://Example.COM:443/", "path": "/api/v1/tasks/%C3%A9t%C3%A9"},
+    {"base_url": "http://bücher.example/", "path": "/healthz", "method": "POST"},
+    {"base_url": "http://127.0.0.1:8000/conveyor", "path": "/api/v1/tasks/x"},
+    {
+        "base_url": "http://127.0.0.1:8000/",
+        "path": "/healthz",
+        "headers": {"Connection": "keep-alive, Upgrade", "Upgrade": "websocket"},
+    },
+]
+
+FIELDS = (
+    "server_name",
+    "script_name",
+    "subdomain",
+    "url_scheme",
+    "path_info",
+    "default_method",
+    "query_args",
+    "websocket",
+)
+
+
+def _adapters(app, **kwargs):
+    environ = EnvironBuilder(**kwargs).get_environ()
+    ours_request = app.request_class(environ)
+    theirs_request = app.request_class(dict(environ))
+    ours = app.create_url_adapter(ours_request)
+    theirs = Flask.create_url_adapter(app, theirs_request)
+    return ours, theirs, ours_request, theirs_request
+
+
+@pytest.mark.parametrize("kwargs", ENVIRONS)
+def test_each_request_gets_flasks_own_adapter(app, kwargs):
+    app._adapter_origins.clear()
+    for _ in range(3):  # the first builds it the long way, the others reuse the origin
+        ours, theirs, ours_request, theirs_request = _adapters(app, **kwargs)
+        assert {f: getattr(ours, f) for f in FIELDS} == {f: getattr(theirs, f) for f in FIELDS}
+        assert ours_request.host == theirs_request.host
+        try:
+            expected = theirs.match(return_rule=True)
+        except HTTPException as refused:  # 404, 405, a WebSocket mismatch: the same one
+            with pytest.raises(type(refused)):
+                ours.match(return_rule=True)
+        else:
+            assert ours.match(return_rule=True) == expected
+    assert len(app._adapter_origins) == 1
+
+
+def test_paths_of_one_origin_are_never_mixed_up(app):
+    app._adapter_origins.clear()
+    first, *_ = _adapters(app, base_url="http://h/", path="/api/v1/tasks/one", method="GET")
+    second, *_ = _adapters(app, base_url="http://h/", path="/healthz", method="HEAD")
+    assert (first.path_info, first.default_method) == ("/api/v1/tasks/one", "GET")
+    assert (second.path_info, second.default_method) == ("/healthz", "HEAD")
+
+
+def test_a_bad_host_is_refused_and_not_remembered(app):
+    app._adapter_origins.clear()
+    environ = EnvironBuilder(path="/healthz").get_environ()
+    environ["HTTP_HOST"] = "a" * 64 + ".example"  # a label too long for IDNA
+    with pytest.raises(BadHost):
+        app.create_url_adapter(app.request_class(environ))
+    assert app._adapter_origins == {}
+
+
+def test_origins_are_bounded(app):
+    app._adapter_origins.clear()
+    for n in range(300):
+        _adapters(app, base_url=f"http://host{n}.example/", path="/healthz")
+    assert 0 < len(app._adapter_origins) <= 256
+
+
+def test_over_http_a_request_answers_as_before(client):
+    assert client.get("/healthz", base_url="http://example.com/").status_code == 200
+    assert client.get("/nope", base_url="http://example.com/").status_code == 404
+
+
+def test_origins_differing_only_by_mount_scheme_or_port_stay_apart(app):
+    app._adapter_origins.clear()
+    urls = ["http://h/", "http://h/mount", "https://h/", "http://h:8080/"]
+    for _ in range(2):
+        for base in urls:
+            ours, theirs, *_ = _adapters(app, base_url=base, path="/healthz")
+            assert {f: getattr(ours, f) for f in FIELDS} == {f: getattr(theirs, f) for f in FIELDS}
+    assert len(app._adapter_origins) == len(urls)
