@@ -285,19 +285,27 @@ LIMITS = [
     "Submit: group commit (shared/jobs/group_commit.py). Concurrent submits in one web "
     "process share one multi-row INSERT (admission ranked per owner inside the statement, "
     "Idempotency-Key conflicts settled by ON CONFLICT) and one pipelined Redis trip (the "
-    "LPUSHes, the PENDING documents, tickets and first events); a submit that finds no flush "
-    "running flushes at once, so an idle server adds no wait. Under wrk's 32 connections a "
-    "flush carries several requests; what remains per request is Flask, gunicorn, the "
-    "per-request hooks, auth and validation.",
+    "LPUSHes, the PENDING documents, tickets and first events), sent on a connection of the "
+    "publisher's own and packed by hiredis (shared/lean_pipeline.py), each job message filled "
+    "into a template of its fixed parts; a submit that finds no flush running flushes at "
+    "once, so an idle server adds no wait. The web runs one gevent process per core "
+    "(WEB_CONCURRENCY's default), so under wrk's 32 connections a flush carries about eight "
+    "requests (twice what two processes per core gave). What remains per request is "
+    "gunicorn's HTTP parsing, Flask, the per-request hooks, auth and validation; PostgreSQL's "
+    "share is the row itself (six indexes, the owner's foreign key, the in-flight count) and "
+    "one commit per flush.",
     "Poll: one Redis HMGET; a terminal document is sent as stored. What remains is JWT "
-    "verification, Flask itself and gunicorn's HTTP handling. The per-request hooks are two "
-    "WSGI wrappers that add the request id, X-Process-Time and the fixed security headers as "
-    "plain tuples, and three small Flask hooks (in-flight gauge, latency histogram and access "
-    "line, body-size guard); flask-compress is consulted only for bodies over 500 bytes. "
-    "Gunicorn's own access line is off: the logging config had switched it on, a tenth of a "
-    "/healthz's CPU spent formatting lines that were then discarded. The naive app runs under "
-    "the same gunicorn.conf.py and gains the same. The bench runs CONVEYOR_ENV=production, as "
-    "compose does: development would also count every request's queries (X-Query-Count).",
+    "verification, Flask itself and gunicorn's HTTP handling. The per-request hooks are one "
+    "WSGI wrapper (request id, X-Process-Time, the fixed security headers as plain tuples "
+    "that gunicorn checks once per process, the in-flight gauge, latency histogram and "
+    "access line, the body-size guard on Content-Length) and one Flask hook; flask-compress "
+    "is consulted only for bodies over 500 bytes; a request's URL adapter reuses what its "
+    "Host, scheme and mount point gave the first time (Flask parses and IDNA-encodes the "
+    "Host on every request). Gunicorn's own access line is off: the logging config had "
+    "switched it on, a tenth of a /healthz's CPU spent formatting lines that were then "
+    "discarded. The naive app runs under the same gunicorn.conf.py and gains the same. The "
+    "bench runs CONVEYOR_ENV=production, as compose does: development would also count "
+    "every request's queries (X-Query-Count).",
     "Naive baseline: `.delay()` also subscribes the web process to the result's pub/sub "
     "channel (redis result backend), which Conveyor's publish skips (`ignore_result`).",
     "Drain: the Procfile's prefork worker (-c 2) drains ledger.transaction jobs in batches "
@@ -315,9 +323,10 @@ LIMITS = [
     "Latency: dominated by the worker's broker poll wake-up and the job's transactions; "
     "the client's 2 ms poll interval adds up to 2 ms.",
     "gevent against wrk's 32 connections: each is always busy and stays with whichever of the "
-    "four workers accepted it, so the workers carry unequal shares and the p99 of those rows is "
-    "long (hundreds of ms) where gthread's is tens; rates and CPU per request are the same or "
-    "better. The waiting-clients rows are the shape `web` is sized for.",
+    "two workers (one per core) accepted it, so a worker's requests queue behind each other "
+    "and the p99 of those rows is long (hundreds of ms) where gthread's is tens; rates and "
+    "CPU per request are the same or better. The waiting-clients rows are the shape `web` "
+    "is sized for.",
     "Ten thousand waiting clients: 10,000 clients / ~5 s is about 2,000 polls/s, close to what "
     "the whole box serves (see the poll row), with the client process itself on the same two "
     "cores (its CPU is in the note). The gevent worker keeps an idle connection as a parked "

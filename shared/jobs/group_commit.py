@@ -3,8 +3,11 @@
 A caller hands its item to `GroupCommit.run` and waits for its own outcome. A
 caller that finds no flush in progress leads at once: it takes what is queued
 (its own item first, at most `max_batch`) and flushes it, so an idle process
-adds no latency. Callers arriving meanwhile queue up; when the flush ends, the
-first of them leads the next one. Each item gets its own result or exception.
+adds no latency. Given `gather`, a leader first lets the callers that are
+ready to run join its batch (under gevent, one pass of the hub: the requests
+already read from their sockets), instead of leaving them a whole flush
+behind. Callers arriving meanwhile queue up; when the flush ends, the first
+of them leads the next one. Each item gets its own result or exception.
 
 Written on `threading` primitives: under gunicorn's gevent worker they are
 monkey-patched and the waiters are greenlets; under gthread they are threads.
@@ -41,11 +44,17 @@ class GroupCommit(Generic[T, R]):
     in every caller of that batch.
     """
 
-    def __init__(self, flush: Callable[[Sequence[T]], Sequence[R]], max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        flush: Callable[[Sequence[T]], Sequence[R]],
+        max_batch: int = 64,
+        gather: Callable[[], None] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._flush = flush
         self._max_batch = max_batch
+        self._gather = gather
         self._lock = threading.Lock()
         self._queue: deque[_Waiter[T]] = deque()
         self._flushing = False
@@ -87,6 +96,8 @@ class GroupCommit(Generic[T, R]):
             self._lead()
 
     def _lead(self) -> None:
+        if self._gather is not None:
+            self._gather()  # callers ready to run queue up behind us meanwhile
         with self._lock:
             count = min(self._max_batch, len(self._queue))
             batch = [self._queue.popleft() for _ in range(count)]

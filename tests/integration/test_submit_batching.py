@@ -258,6 +258,38 @@ def test_callers_arriving_during_a_flush_share_the_next_one_each_with_its_outcom
     assert [len(batch) for batch in flush.batches[1:]] == [4, 2]
 
 
+def test_a_leader_that_gathers_first_takes_the_callers_ready_by_then():
+    flush = _HeldFlush()
+    flush.release.set()
+    gathered = threading.Event()
+    arrived = threading.Event()
+
+    def gather() -> None:
+        # Stand-in for one pass of gevent's hub: let the callers that are ready queue up.
+        if not gathered.is_set():
+            gathered.set()
+            assert arrived.wait(30)
+
+    batcher = GroupCommit(flush, gather=gather)
+    with ThreadPoolExecutor(4) as pool:
+        leader = pool.submit(batcher.run, 1)
+        assert gathered.wait(30)
+        followers = {n: pool.submit(batcher.run, n) for n in (2, 3, 4)}
+        _wait_queued(batcher, 4)
+        arrived.set()
+        assert leader.result(30) == 10
+        assert {n: f.result(30) for n, f in followers.items()} == {2: 20, 3: 30, 4: 40}
+    # One flush: without the gather the leader would have flushed [1] alone.
+    assert flush.batches == [[1, 2, 3, 4]]
+
+
+def test_the_web_batcher_gathers_ready_requests_before_each_flush(app):
+    from api.extensions import _let_ready_requests_run, submit_batcher
+
+    with app.app_context():
+        assert submit_batcher()._gather is _let_ready_requests_run
+
+
 def test_a_failed_flush_fails_only_its_own_batch():
     flush = _HeldFlush()
     flush.failing = {3}
