@@ -20,8 +20,8 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # overriding. A gevent worker keeps its core busy on its own: a second one per
 # core only adds context switches, and halves each process's share of the
 # concurrent submits that group commit (shared/jobs/group_commit.py) records
-# and publishes together. `make bench` measured 1.3x the submit rate of four
-# processes on two cores, the same /healthz and polls.
+# and publishes together: on two cores, 1.3x the submit rate of four
+# processes, and the same /healthz (docs/benchmarks.md, third pass).
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
 
 # gevent: clients keep connections open and poll now and then, so most of a
