@@ -7,10 +7,9 @@ response callbacks, and each execute() takes a connection from the pool
 (two pid checks, a lock, a stray-data poll, a release event, OpenTelemetry
 counters); together several times the cost of the commands themselves.
 
-`LeanPipelines` keeps a few connections of its own, made by the client pool's
-own connection class and settings (URL, TLS, timeouts, health checks). A
-pipeline packs its commands with the connection's packer (hiredis when
-installed), sends them in one write and reads one raw answer per command:
+`LeanPipelines` keeps a few connections of its own
+(shared/redis_connections.py). A pipeline packs its commands with hiredis,
+sends them in one write and reads one raw answer per command:
 an error answer (NoScriptError included) takes its command's place, as with
 redis-py's `execute(raise_on_error=False)`. A connection goes back to the
 idle list only after every answer was read, so it never holds stray data.
@@ -23,12 +22,11 @@ own pipeline does on such an error (it retries the whole pipeline too).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import weakref
 from typing import Any
 
 import redis
+
+from shared.redis_connections import TRANSIENT, OwnConnections
 
 try:  # redis-py's own packer calls it too, after a Python pass over every argument
     from hiredis import pack_command
@@ -40,42 +38,30 @@ except ImportError:  # pragma: no cover - hiredis is pinned in requirements.txt
 # many at once a pipeline takes the client's pool instead.
 MAX_CONNECTIONS = 8
 
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
-
 
 class LeanPipelines:
     """Pipelines for `client`'s Redis on connections of their own."""
 
     def __init__(self, client: redis.Redis, max_connections: int = MAX_CONNECTIONS) -> None:
-        pool = client.connection_pool
         self.client = client
-        self._connection_class = pool.connection_class
-        self._connection_kwargs = dict(pool.connection_kwargs)
-        self._max_connections = max_connections
-        # list.append/pop are atomic: safe for greenlets and threads alike.
-        self._idle: list[Any] = []
-        self._opened: list[None] = []
-        # A forked child must not share the parent's sockets.
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forget_after_fork(ref))
+        self._connections = OwnConnections(client, max_connections)
 
     def pipeline(self) -> LeanPipeline:
         return LeanPipeline(self)
 
     def connections(self) -> int:
         """Connections of its own open right now (idle or in use)."""
-        return len(self._opened)
+        return self._connections.count()
 
     def close(self) -> None:
         """Close every idle connection (those in use are closed when they come back)."""
-        while self._idle:
-            self._discard(self._idle.pop())
+        self._connections.close()
 
     def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Each command's raw answer, or the ResponseError it got, in order."""
         if not commands:
             return []
-        connection = self._checkout()
+        connection = self._connections.checkout()
         if connection is None:
             return self._through_client(commands)
         try:
@@ -87,11 +73,11 @@ class LeanPipelines:
                 except redis.ResponseError as exc:
                     answers.append(exc)
         except BaseException as exc:
-            self._discard(connection)
-            if isinstance(exc, _TRANSIENT):
+            self._connections.discard(connection)
+            if isinstance(exc, TRANSIENT):
                 return self._through_client(commands)
             raise
-        self._idle.append(connection)
+        self._connections.give_back(connection)
         return answers
 
     def _through_client(self, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -99,27 +85,6 @@ class LeanPipelines:
         for command in commands:
             pipe.execute_command(*command)
         return pipe.execute(raise_on_error=False)
-
-    def _checkout(self) -> Any:
-        try:
-            return self._idle.pop()
-        except IndexError:
-            pass
-        if len(self._opened) >= self._max_connections:
-            return None
-        self._opened.append(None)
-        return self._connection_class(**self._connection_kwargs)
-
-    def _discard(self, connection: Any) -> None:
-        try:
-            connection.disconnect()
-        finally:
-            with contextlib.suppress(IndexError):
-                self._opened.pop()
-
-    def _after_fork(self) -> None:
-        self._idle = []
-        self._opened = []
 
 
 class LeanPipeline:
@@ -163,9 +128,3 @@ def _pack(connection: Any, commands: list[tuple[Any, ...]]) -> Any:
         return [b"".join([pack_command(command) for command in commands])]
     except TypeError as exc:  # an argument type Redis cannot take, as redis-py reports it
         raise redis.DataError(str(exc)) from exc
-
-
-def _forget_after_fork(ref: weakref.ref[LeanPipelines]) -> None:
-    pipelines = ref()
-    if pipelines is not None:
-        pipelines._after_fork()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
@@ -101,3 +102,19 @@ def test_the_publisher_sends_a_batch_on_its_own_connection(redis_client):
     assert client.connection_pool._created_connections == 0
     publisher.close()
     redis_client.delete(f"{prefix}ledger")
+
+
+def test_a_forked_child_opens_its_own_connections(key):
+    pipelines = LeanPipelines(_client())
+    assert pipelines.pipeline().lpush(key, "parent").execute() == [1]
+    assert pipelines.connections() == 1
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's socket is not its to use
+        ok = pipelines.connections() == 0
+        ok = ok and pipelines.pipeline().lpush(key, "child").execute() == [2]
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's connection is untouched by the child's.
+    assert pipelines.pipeline().lpush(key, "parent again").execute() == [3]
+    pipelines.close()
