@@ -30,12 +30,8 @@ _FIRST_POLL = str(FIRST_POLL_SECONDS)
 TASK_STATUS_PATH = "/api/v1/tasks/"
 
 
-def idempotency_key() -> str | None:
+def idempotency_key(environ: dict[str, Any]) -> str | None:
     """The request's Idempotency-Key header, validated (≤255 printable characters)."""
-    return _idempotency_key(request.environ)
-
-
-def _idempotency_key(environ: dict[str, Any]) -> str | None:
     # The WSGI variable itself: what request.headers.get("Idempotency-Key") reads.
     key = environ.get("HTTP_IDEMPOTENCY_KEY")
     if key is None:
@@ -64,14 +60,14 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
     app = current_app._get_current_object()
     settings = app.extensions["conveyor"].settings
     owner_id = flask_g.identity.user_id
-    key = _idempotency_key(request.environ)
+    key = idempotency_key(request.environ)
     ensure_queue_capacity(jobs.KIND_QUEUES[kind], app)
     outcome = submit_batcher(app).run(
         PreparedJob(
             owner_id=owner_id,
             kind=kind,
             params=params,
-            headers={"request_id": flask_g.get("request_id"), "user_id": owner_id},
+            headers=message_headers(owner_id, flask_g),
             idempotency_key=key,
             request_fingerprint=jobs.request_hash(kind, request_payload) if key else None,
             max_inflight=settings.max_inflight_jobs,
@@ -112,9 +108,10 @@ def record_enqueued(owner_id: int, status: dict[str, Any]) -> None:
         )
 
 
-def message_headers(owner_id: int) -> dict[str, Any]:
+def message_headers(owner_id: int, flask_g: Any = None) -> dict[str, Any]:
     """What a job's message carries besides its id: who asked, and in which request."""
-    return {"request_id": g.get("request_id"), "user_id": owner_id}
+    request_globals = g if flask_g is None else flask_g
+    return {"request_id": request_globals.get("request_id"), "user_id": owner_id}
 
 
 def _accepted(app: Flask, flask_g: Any, kind: str, task_id: str, replayed: bool) -> Response:
