@@ -17,6 +17,13 @@ one commit (autocommit), one round trip. Per row, in that statement:
   over-cap rows of the batch are refused. Across processes the count is a
   snapshot, as on the single path: the cap protects capacity, it is not an
   invariant.
+
+A batch without Idempotency-Keys (the usual one) takes a smaller statement,
+prepared once per connection (shared/prepared.py): planning the statement
+cost the server more than inserting a dozen rows. Its plan is made once and
+kept, so it must not depend on how big `jobs` was at that moment: the
+owner's count is a per-row (LATERAL) lookup, planned with sequential scans
+off, so it is always the partial index's, at any size of the table.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from shared.jobs.model import UNFINISHED
+from shared.prepared import PreparedStatement
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,54 @@ ON CONFLICT (owner_id, idempotency_key) DO NOTHING
 RETURNING id
 """  # noqa: S608
 
+# The same for a batch without keys: no key lookups, and the owner's count one
+# index lookup per row (LATERAL), whatever the planner knows of the table.
+INSERT_UNKEYED = PreparedStatement(
+    "conveyor_insert_unkeyed_jobs",
+    f"""
+WITH batch AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s, %(owners)s, %(kinds)s, %(queues)s, %(params)s, %(caps)s
+    ) WITH ORDINALITY AS b(id, owner_id, kind, queue, params, max_inflight, ord)
+),
+candidates AS (
+    SELECT b.*, row_number() OVER (PARTITION BY b.owner_id ORDER BY b.ord) AS nth
+    FROM batch b
+)
+INSERT INTO jobs (
+    id, owner_id, kind, queue, state, progress, message, params, attempts,
+    created_at, updated_at, expires_at
+)
+SELECT c.id, c.owner_id, c.kind, c.queue, 'PENDING', 0, 'queued', c.params, 0,
+       %(now)s, %(now)s, %(expires)s
+FROM candidates c
+LEFT JOIN LATERAL (
+    SELECT count(*) AS n
+    FROM jobs j
+    WHERE c.max_inflight IS NOT NULL
+      AND j.owner_id = c.owner_id AND j.state IN ({_UNFINISHED_SQL})
+) i ON true
+WHERE c.max_inflight IS NULL OR i.n + c.nth <= c.max_inflight
+ORDER BY c.ord
+RETURNING id
+""",  # noqa: S608
+    types={
+        "ids": "uuid[]",
+        "owners": "bigint[]",
+        "kinds": "text[]",
+        "queues": "text[]",
+        "params": "jsonb[]",
+        "caps": "integer[]",
+        "now": "timestamptz",
+        "expires": "timestamptz",
+    },
+    # One plan, made at once and kept (no custom plans first): on an empty
+    # table a sequential scan looks cheapest, and a kept plan would go on
+    # scanning the whole table as it grows.
+    settings={"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"},
+)
+
 DELETE_UNPUBLISHED = "DELETE FROM jobs WHERE id = ANY(%(ids)s::uuid[]) AND state = 'PENDING'"
 
 
@@ -116,21 +172,22 @@ def insert_jobs(
     A row missing from the answer was refused by admission (no key) or needs
     the single path (a key taken, repeated in the batch, or lost in a race).
     """
-    result = conn.exec_driver_sql(
-        INSERT_BATCH,
-        {
-            "ids": [str(row.id) for row in rows],
-            "owners": [row.owner_id for row in rows],
-            "kinds": [row.kind for row in rows],
-            "queues": [row.queue for row in rows],
-            "params": [json.dumps(row.params) for row in rows],
-            "keys": [row.idempotency_key for row in rows],
-            "hashes": [row.request_hash for row in rows],
-            "caps": [row.max_inflight for row in rows],
-            "now": now,
-            "expires": expires_at,
-        },
-    )
+    values = {
+        "ids": [str(row.id) for row in rows],
+        "owners": [row.owner_id for row in rows],
+        "kinds": [row.kind for row in rows],
+        "queues": [row.queue for row in rows],
+        "params": [json.dumps(row.params) for row in rows],
+        "caps": [row.max_inflight for row in rows],
+        "now": now,
+        "expires": expires_at,
+    }
+    if any(row.idempotency_key is not None for row in rows):
+        values["keys"] = [row.idempotency_key for row in rows]
+        values["hashes"] = [row.request_hash for row in rows]
+        result = conn.exec_driver_sql(INSERT_BATCH, values)
+    else:
+        result = INSERT_UNKEYED.execute(conn, values)
     return {_as_uuid(job_id) for (job_id,) in result}
 
 

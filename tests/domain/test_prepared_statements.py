@@ -1,0 +1,168 @@
+"""Prepared statements (shared/prepared.py) and the submit's prepared batch INSERT."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from shared.db import create_db_engine
+from shared.jobs import admission_batch
+from shared.jobs.admission_batch import INSERT_UNKEYED, JobRow
+from shared.jobs.model import utcnow
+from shared.prepared import PreparedStatement
+
+DOUBLE = PreparedStatement(
+    "conveyor_test_double",
+    "SELECT %(value)s * 2 AS doubled, current_setting('enable_seqscan') AS seqscan, "
+    "'100%%' AS literal",
+    types={"value": "integer"},
+    settings={"enable_seqscan": "off"},
+)
+
+
+@pytest.fixture
+def engine(settings):
+    """Autocommit, one pooled connection: each checkout is the same server session."""
+    engine = create_db_engine(settings, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
+def _prepared_names(conn) -> list[str]:
+    return list(conn.scalars(text("SELECT name FROM pg_prepared_statements ORDER BY name")))
+
+
+def test_a_statement_is_prepared_once_per_connection_and_runs_by_name(engine):
+    with engine.connect() as conn:
+        assert DOUBLE.execute(conn, {"value": 21}).one() == (42, "off", "100%")
+        assert _prepared_names(conn) == ["conveyor_test_double"]
+    with engine.connect() as conn:  # the same session, back from the pool
+        assert DOUBLE.execute(conn, {"value": 4}).scalar() == 8
+        assert _prepared_names(conn) == ["conveyor_test_double"]
+        # The SET LOCAL went with that one statement, not the session.
+        assert conn.scalar(text("SHOW enable_seqscan")) == "on"
+
+
+def test_a_statement_the_session_lost_is_prepared_again(engine):
+    with engine.connect() as conn:
+        DOUBLE.execute(conn, {"value": 1})
+        conn.exec_driver_sql("DEALLOCATE ALL")  # what a proxy's DISCARD ALL does
+        assert DOUBLE.execute(conn, {"value": 5}).scalar() == 10
+        assert _prepared_names(conn) == ["conveyor_test_double"]
+
+
+def test_a_session_that_kept_a_statement_we_forgot_runs_it(engine):
+    with engine.connect() as conn:
+        DOUBLE.execute(conn, {"value": 1})
+        conn.connection.info.clear()
+        assert DOUBLE.execute(conn, {"value": 6}).scalar() == 12
+
+
+def test_in_a_transaction_a_lost_statement_raises_and_the_next_attempt_runs(settings):
+    engine = create_db_engine(settings, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            DOUBLE.execute(conn, {"value": 1})
+            conn.commit()
+            conn.exec_driver_sql("DEALLOCATE ALL")
+            conn.commit()
+            with pytest.raises(DBAPIError):
+                DOUBLE.execute(conn, {"value": 2})  # the transaction is aborted: no retry here
+            conn.rollback()
+            assert DOUBLE.execute(conn, {"value": 3}).scalar() == 6
+    finally:
+        engine.dispose()
+
+
+def test_statements_are_checked_when_declared():
+    with pytest.raises(ValueError, match="without a type"):
+        PreparedStatement("conveyor_bad", "SELECT %(a)s, %(b)s", types={"a": "int"})
+    with pytest.raises(ValueError, match="identifier"):
+        PreparedStatement("bad name; DROP", "SELECT 1", types={})
+    with pytest.raises(ValueError, match="setting"):
+        PreparedStatement("conveyor_bad", "SELECT 1", types={}, settings={"work_mem": "1; x"})
+
+
+def test_the_unkeyed_batch_counts_through_the_partial_index_even_planned_on_an_empty_table(
+    engine,
+):
+    """The plan is made once and kept: made on an empty table it must not scan the table."""
+    schema = f"prep_{uuid.uuid4().hex[:8]}"
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        try:
+            conn.exec_driver_sql(f"CREATE TABLE {schema}.jobs (LIKE public.jobs INCLUDING ALL)")
+            # Analyzed while empty: the planner then believes a scan of it costs nothing.
+            conn.exec_driver_sql(f"ANALYZE {schema}.jobs")
+            partial = conn.scalar(
+                text(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = :schema "
+                    "AND tablename = 'jobs' AND indexdef LIKE '%WHERE%'"
+                ),
+                {"schema": schema},
+            )
+            conn.exec_driver_sql(f"SET search_path = {schema}, public")
+            conn.exec_driver_sql(INSERT_UNKEYED.prepare_sql)
+            now = utcnow()
+            explain = INSERT_UNKEYED.execute_sql.replace("EXECUTE ", "EXPLAIN (COSTS OFF) EXECUTE ")
+            plan = "\n".join(
+                conn.exec_driver_sql(
+                    explain,
+                    {
+                        "ids": [str(uuid.uuid4())],
+                        "owners": [1],
+                        "kinds": ["ledger.transaction"],
+                        "queues": ["ledger"],
+                        "params": ["{}"],
+                        "caps": [50],
+                        "now": now,
+                        "expires": now + timedelta(days=1),
+                    },
+                ).scalars()
+            )
+            assert f"Index Only Scan using {partial} on jobs" in plan, plan
+            assert "Seq Scan on jobs" not in plan, plan
+        finally:
+            conn.exec_driver_sql("DEALLOCATE ALL")
+            conn.exec_driver_sql("RESET search_path")
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_unkeyed_and_keyed_batches_take_their_statements(resources, make_user):
+    """Both statements admit by the same rule: the owner's unfinished jobs + rank <= cap."""
+    owner_id, _ = make_user()
+    now = utcnow()
+
+    def rows(count: int, key_prefix: str | None = None) -> list[JobRow]:
+        return [
+            JobRow(
+                id=uuid.uuid4(),
+                owner_id=owner_id,
+                kind="ledger.transaction",
+                queue="ledger",
+                params={"n": index},
+                idempotency_key=f"{key_prefix}{index}" if key_prefix else None,
+                request_hash="h" if key_prefix else None,
+                max_inflight=5,
+            )
+            for index in range(count)
+        ]
+
+    with resources.autocommit_engine.connect() as conn:
+        first = rows(3)
+        assert admission_batch.insert_jobs(
+            conn, first, now=now, expires_at=now + timedelta(days=1)
+        ) == {row.id for row in first}
+        assert "conveyor_insert_unkeyed_jobs" in _prepared_names(conn)
+        keyed = rows(3, key_prefix=f"k{uuid.uuid4().hex}-")
+        inserted = admission_batch.insert_jobs(
+            conn, keyed, now=now, expires_at=now + timedelta(days=1)
+        )
+        assert inserted == {keyed[0].id, keyed[1].id}  # 3 + 2 = the cap of 5
+        assert admission_batch.insert_jobs(
+            conn, rows(2), now=now, expires_at=now + timedelta(days=1)
+        ) == set()
