@@ -163,6 +163,7 @@ def test_unkeyed_and_keyed_batches_take_their_statements(resources, make_user):
             conn, keyed, now=now, expires_at=now + timedelta(days=1)
         )
         assert inserted == {keyed[0].id, keyed[1].id}  # 3 + 2 = the cap of 5
-        assert admission_batch.insert_jobs(
-            conn, rows(2), now=now, expires_at=now + timedelta(days=1)
-        ) == set()
+        assert (
+            admission_batch.insert_jobs(conn, rows(2), now=now, expires_at=now + timedelta(days=1))
+            == set()
+        )
