@@ -41,6 +41,39 @@ def test_the_status_url_is_the_poll_route_under_the_mount_point(app, client, mak
         assert response.headers["Retry-After"] == "1"
 
 
+def test_the_202_is_what_flask_would_write_for_any_mount_point(app, client, make_user):
+    # The 202's body and Location are written from templates (api/dispatch.py):
+    # byte for byte what app.json.response and werkzeug's Location handling give.
+    from werkzeug.urls import iri_to_uri
+
+    _, headers = make_user()
+    for mount in ("", "/conveyor", '/m\u00fcnt "q"\\'):
+        response = client.post(
+            "/api/v1/transactions",
+            json={"type": "credit", "amount": 5},
+            headers=headers,
+            environ_overrides={"SCRIPT_NAME": mount.encode().decode("latin-1")},
+        )
+        assert response.status_code == 202
+        task_id = response.get_json()["task_id"]
+        status_url = f"{mount}/api/v1/tasks/{task_id}"
+        expected = {"task_id": task_id, "kind": "ledger.transaction", "state": "PENDING"}
+        with app.app_context():
+            body = app.json.response({**expected, "status_url": status_url}).get_data()
+        assert response.data == body
+        assert response.mimetype == "application/json"
+        assert response.headers["Location"] == iri_to_uri(status_url)
+    # A provider set up otherwise (indented, as in debug) writes the body itself.
+    app.json.compact = False
+    try:
+        response = _submit(client, headers)
+        assert response.status_code == 202
+        assert response.data.startswith(b"{\n")
+        assert response.headers["Location"] == response.get_json()["status_url"]
+    finally:
+        app.json.compact = None
+
+
 def test_submit_answers_202_with_location_and_pending_status(client, make_user):
     _, headers = make_user()
     response = _submit(client, headers)
