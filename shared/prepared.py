@@ -8,10 +8,13 @@ prepared once per database connection (PREPARE), then run by name (EXECUTE):
 the server parses it once and reuses its plan.
 
 Which connections hold which statements is kept in SQLAlchemy's per-connection
-`info` (emptied when the pool replaces a connection). A connection that lost
-its statements without us noticing (DISCARD ALL by a proxy, say) answers
-"prepared statement does not exist": the statement is prepared again and run
-once more when that is safe (autocommit: the failed EXECUTE changed nothing).
+`info` (emptied when the pool replaces a connection). When the session and
+that record disagree (a DISCARD ALL by a proxy, or a pooler in transaction
+mode that hands each transaction another server connection), the statement
+is prepared again and run once more, in autocommit (where the failed attempt
+changed nothing); a connection on which that happens twice runs the plain
+statement from then on, planned each time, so a submit never fails over the
+bookkeeping.
 
 `settings` are planner settings for the statement alone: they go with each
 EXECUTE as SET LOCAL, in the same message. In autocommit that message is one
@@ -32,6 +35,8 @@ from sqlalchemy.exc import DBAPIError
 _NAMED = re.compile(r"%\((\w+)\)s")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 _INFO_KEY = "conveyor.prepared"
+_PREPARED = "prepared"
+_PLAIN = "plain"
 
 
 class PreparedStatement:
@@ -66,35 +71,35 @@ class PreparedStatement:
         # psycopg2 fills in the values (as literals, each cast to its type).
         args = ", ".join(f"%({param})s::{kind}" for param, kind in types.items())
         self.execute_sql = f"{prefix}EXECUTE {name} ({args})"
+        # The same statement unprepared (values cast to their types in place).
+        self.plain_sql = _NAMED.sub(lambda match: f"{match[0]}::{types[match[1]]}", sql)
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> CursorResult:
         """Run the statement on `conn` (PostgreSQL), preparing it there first if needed."""
-        prepared: set[str] = conn.connection.info.setdefault(_INFO_KEY, set())
-        if self.name not in prepared:
-            self._prepare(conn, prepared)
-        try:
-            return conn.exec_driver_sql(self.execute_sql, params)
-        except DBAPIError as exc:
-            if not isinstance(exc.orig, pg_errors.InvalidSqlStatementName):
-                raise
-            prepared.discard(self.name)
-            if not _autocommit(conn):
-                raise  # the failed EXECUTE aborted the transaction: the caller retries
-        self._prepare(conn, prepared)
-        return conn.exec_driver_sql(self.execute_sql, params)
-
-    def _prepare(self, conn: Connection, prepared: set[str]) -> None:
-        try:
-            conn.exec_driver_sql(self.prepare_sql)
-        except DBAPIError as exc:
-            if not isinstance(exc.orig, pg_errors.DuplicatePreparedStatement):
-                raise
-            # Prepared already: our record of it was lost, the connection was not.
-            prepared.add(self.name)
-            if not _autocommit(conn):
-                raise  # the failed PREPARE aborted the transaction
-            return
-        prepared.add(self.name)
+        state: dict[str, Any] = conn.connection.info.setdefault(_INFO_KEY, {})
+        for _attempt in (1, 2):
+            mode = state.get(self.name)
+            if mode == _PLAIN:
+                break
+            try:
+                if mode is None:
+                    conn.exec_driver_sql(self.prepare_sql)
+                    state[self.name] = _PREPARED
+                return conn.exec_driver_sql(self.execute_sql, params)
+            except DBAPIError as exc:
+                if isinstance(exc.orig, pg_errors.DuplicatePreparedStatement):
+                    state[self.name] = _PREPARED  # the session has it; our record had lost it
+                elif isinstance(exc.orig, pg_errors.InvalidSqlStatementName):
+                    state.pop(self.name, None)  # the session lost it
+                else:
+                    raise
+                lost = (self.name, "lost")
+                state[lost] = state.get(lost, 0) + 1
+                if state[lost] >= 2:
+                    state[self.name] = _PLAIN
+                if not _autocommit(conn):
+                    raise  # the failed statement aborted the transaction: the caller retries
+        return conn.exec_driver_sql(self.plain_sql, params)
 
 
 def _autocommit(conn: Connection) -> bool:

@@ -55,6 +55,19 @@ def test_a_statement_the_session_lost_is_prepared_again(engine):
         assert _prepared_names(conn) == ["conveyor_test_double"]
 
 
+def test_a_connection_that_keeps_losing_its_statements_runs_them_plain(engine):
+    """As behind a pooler in transaction mode: each transaction may meet another session."""
+    with engine.connect() as conn:
+        assert DOUBLE.execute(conn, {"value": 1}).one() == (2, "off", "100%")
+        conn.exec_driver_sql("DEALLOCATE ALL")
+        assert DOUBLE.execute(conn, {"value": 2}).one() == (4, "off", "100%")  # prepared again
+        conn.exec_driver_sql("DEALLOCATE ALL")
+        # Lost twice: the plain statement from now on (so its planner settings are not set).
+        assert DOUBLE.execute(conn, {"value": 3}).one() == (6, "on", "100%")
+        assert DOUBLE.execute(conn, {"value": 4}).scalar() == 8
+        assert _prepared_names(conn) == []
+
+
 def test_a_session_that_kept_a_statement_we_forgot_runs_it(engine):
     with engine.connect() as conn:
         DOUBLE.execute(conn, {"value": 1})
@@ -167,3 +180,20 @@ def test_unkeyed_and_keyed_batches_take_their_statements(resources, make_user):
             admission_batch.insert_jobs(conn, rows(2), now=now, expires_at=now + timedelta(days=1))
             == set()
         )
+        # Unprepared (a connection that keeps losing its statements): the same verdicts.
+        conn.exec_driver_sql(
+            "UPDATE jobs SET state = 'SUCCESS' WHERE owner_id = %(owner)s", {"owner": owner_id}
+        )
+        plain = rows(7)
+        values = {
+            "ids": [str(row.id) for row in plain],
+            "owners": [owner_id] * 7,
+            "kinds": ["ledger.transaction"] * 7,
+            "queues": ["ledger"] * 7,
+            "params": ["{}"] * 7,
+            "caps": [5] * 7,
+            "now": now,
+            "expires": now + timedelta(days=1),
+        }
+        inserted = {row[0] for row in conn.exec_driver_sql(INSERT_UNKEYED.plain_sql, values)}
+        assert {str(job_id) for job_id in inserted} == {str(row.id) for row in plain[:5]}
