@@ -186,7 +186,11 @@ def _raise_open_files_limit(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Under the gevent worker, make psycopg2 wait cooperatively (after gevent patched sockets)."""
+    """Responses in one write; under gevent, psycopg2 and redis-py made cooperative and cheap."""
+    from shared.gunicorn_writes import send_head_with_body
+
+    # A small answer's head and body in one sendall, not two (one segment, one read).
+    send_head_with_body()
     monkey = sys.modules.get("gevent.monkey")
     if monkey is None or not monkey.is_module_patched("socket"):
         return  # gthread: real threads, nothing to patch
