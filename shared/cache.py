@@ -217,13 +217,17 @@ class Cache:
         """Add to a namespace's counters (for caches that keep their own values, e.g. AI)."""
         self._count(namespace, hits=hits, misses=misses)
 
+    def queue_count(self, pipe: Any, namespace: str, *, hits: int = 0, misses: int = 0) -> None:
+        """`count`'s writes, queued on `pipe` (a pipeline the caller sends anyway)."""
+        if hits:
+            pipe.hincrby(self.stats_key, f"{namespace}:hits", hits)
+        if misses:
+            pipe.hincrby(self.stats_key, f"{namespace}:misses", misses)
+
     def _count(self, namespace: str, *, hits: int = 0, misses: int = 0) -> None:
         try:
             pipe = self.redis.pipeline(transaction=False)
-            if hits:
-                pipe.hincrby(self.stats_key, f"{namespace}:hits", hits)
-            if misses:
-                pipe.hincrby(self.stats_key, f"{namespace}:misses", misses)
+            self.queue_count(pipe, namespace, hits=hits, misses=misses)
             pipe.execute()
         except redis.RedisError:
             log.warning("cache statistics not recorded", exc_info=True)

@@ -94,8 +94,11 @@ def _generate(run: JobRun) -> str:
         raise JobError("ai_timeout", "the generation ran past its time limit") from None
     # The AI cache keeps its own entries; its hits and misses go into the same
     # counters as every other namespace, so /system/cache-stats shows them.
+    # Counted in the trip that announces the outcome, not one of their own.
     hit = result["from_cache"]
-    run.res.cache.count("ai", hits=int(hit), misses=int(not hit))
+    run.with_outcome(
+        lambda pipe: run.res.cache.queue_count(pipe, "ai", hits=int(hit), misses=int(not hit))
+    )
     # The result is the job's whole effect: one autocommit statement records it.
     run.succeed(result)
     source = "from the cache" if result["from_cache"] else f"by {result['model']}"
