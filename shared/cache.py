@@ -158,7 +158,9 @@ class Cache:
                 key,
                 load=lambda raw: None if raw is None else json.loads(raw),
                 compute=compute,
-                store=lambda value: self._write(namespace, key, value),
+                store=lambda value, pipe: pipe.set(
+                    key, json.dumps(value, separators=(",", ":")), ex=self.ttls[namespace]
+                ),
             )
         except redis.RedisError:
             log.warning("read cache unavailable; computing %s uncached", namespace, exc_info=True)
@@ -190,12 +192,6 @@ class Cache:
         if count:
             pipe.execute()
         return count
-
-    def _write(self, namespace: str, key: str, value: Any) -> None:
-        try:
-            self.redis.set(key, json.dumps(value, separators=(",", ":")), ex=self.ttls[namespace])
-        except redis.RedisError:
-            log.warning("could not cache %s", key, exc_info=True)
 
     def invalidate(self, scope: str, *, pipe: redis.client.Pipeline | None = None) -> None:
         """Make every cached value of `scope` unreachable by bumping its generation.

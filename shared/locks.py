@@ -1,19 +1,23 @@
 """Redis locks and single-flight: the one place that takes, waits on and releases them.
 
-Every lock is redis-py's own `Lock` (SET NX PX with a random token, released by
-a compare-and-delete script), so only its holder can release it and a holder
-that died loses it after its TTL. Users:
+Every lock is SET NX PX with a random token, released by a compare-and-delete
+script, so only its holder can release it and a holder that died loses it
+after its TTL. Users:
 
-- `exclusive`: one run at a time of a scheduled job (cache warming).
+- `exclusive`: one run at a time of a scheduled job (cache warming), on
+  redis-py's own `Lock`.
 - `SingleFlight`: one computation per cache key across all processes; the
   others wait for the holder's value. The read cache and the AI cache both
-  sit on it; the AI cache adds shared failures through `share`/`revive`.
+  sit on it; the AI cache adds shared failures through `share`/`revive`. It
+  takes its lock with the same protocol, in the trip that reads the key, and
+  releases it in the trip that stores the value.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,11 +34,6 @@ T = TypeVar("T")
 def lock_key(prefix: str, name: str) -> str:
     """The key of the named run lock."""
     return f"{prefix}lock:{name}"
-
-
-def _token(lock: redis.lock.Lock) -> str:
-    token = lock.local.token
-    return token.decode() if isinstance(token, bytes) else str(token)
 
 
 def _release(lock: redis.lock.Lock) -> None:
@@ -62,6 +61,15 @@ def exclusive(client: redis.Redis, key: str, ttl_seconds: float) -> Iterator[boo
             _release(lock)
 
 
+# Delete the lock only while it is still ours (redis-py's Lock releases the same way).
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
 class SingleFlight(Generic[T]):
     """One computation of a missing value per key; concurrent callers wait for it.
 
@@ -70,6 +78,9 @@ class SingleFlight(Generic[T]):
     shared failure appears (raised again in every waiter), or the lock goes
     away without either (then one of them takes over). With `wait_timeout`, a
     waiter that waited that long computes the value itself, uncached.
+
+    Two round trips for a holder: one takes the lock and reads the key (and
+    who holds the lock, for a waiter), one stores the value and releases it.
     """
 
     def __init__(
@@ -90,6 +101,7 @@ class SingleFlight(Generic[T]):
         self.failure_ttl = failure_ttl
         self._share = share
         self._revive = revive
+        self._release_script = client.register_script(_RELEASE)
 
     def run(
         self,
@@ -97,22 +109,34 @@ class SingleFlight(Generic[T]):
         *,
         load: Callable[[Any], T | None],
         compute: Callable[[], T],
-        store: Callable[[T], None],
+        store: Callable[[T, Any], None],
     ) -> tuple[T, bool]:
         """`(value, from_cache)` for `key`, after a miss: computed here once, or another's.
 
         `load` turns the stored raw value (or None) into a value (or None);
-        `store` writes a computed one. Redis errors propagate to the caller.
+        `store(value, pipe)` queues the writes of a computed one on `pipe`.
+        Redis errors before the computation propagate to the caller; after
+        it, the value is returned whatever happens to its storing (logged).
         """
         lock_name = f"{key}:lock"
         deadline = None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
         while True:
-            lock = self.redis.lock(
-                lock_name, timeout=self.lock_ttl, blocking=False, thread_local=False
-            )
-            if lock.acquire():
-                return self._compute_holding(key, lock, load, compute, store)
-            holder = self.redis.get(lock_name)
+            token = secrets.token_hex(16)
+            # In this order: a previous holder stored its value before releasing,
+            # so once the lock is ours the read that follows sees that value.
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(lock_name, token, nx=True, px=max(1, int(self.lock_ttl * 1000)))
+            pipe.get(key)
+            pipe.get(lock_name)
+            acquired, raw, holder = pipe.execute()
+            cached = load(raw)
+            if acquired:
+                if cached is not None:
+                    self._release(lock_name, token)
+                    return cached, True
+                return self._compute_holding(key, lock_name, token, compute, store), False
+            if cached is not None:
+                return cached, True
             waited = self._wait(key, lock_name, holder, load, deadline)
             if waited is not None:
                 return waited, True
@@ -122,25 +146,52 @@ class SingleFlight(Generic[T]):
     def _compute_holding(
         self,
         key: str,
-        lock: redis.lock.Lock,
-        load: Callable[[Any], T | None],
+        lock_name: str,
+        token: str,
         compute: Callable[[], T],
-        store: Callable[[T], None],
-    ) -> tuple[T, bool]:
+        store: Callable[[T, Any], None],
+    ) -> T:
+        released = False
         try:
-            # The previous holder may have stored it between our miss and our lock.
-            cached = load(self.redis.get(key))
-            if cached is not None:
-                return cached, True
             try:
                 value = compute()
             except Exception as error:
-                self._publish_failure(key, _token(lock), error)
+                self._publish_failure(key, token, error)
                 raise
-            store(value)
-            return value, False
+            released = True
+            self._store_and_release(key, lock_name, token, value, store)
+            return value
         finally:
-            _release(lock)
+            if not released:
+                self._release(lock_name, token)
+
+    def _store_and_release(
+        self, key: str, lock_name: str, token: str, value: T, store: Callable[[T, Any], None]
+    ) -> None:
+        """Store the value, then release the lock, in one trip; failures are only logged."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            store(value, pipe)
+            pipe.evalsha(self._release_script.sha, 1, lock_name, token)
+            *stored, released = pipe.execute(raise_on_error=False)
+        except redis.RedisError:
+            log.warning("could not store %s or release its lock", key, exc_info=True)
+            return
+        if any(isinstance(answer, Exception) for answer in stored):
+            log.warning("could not store %s: %s", key, stored)
+        if isinstance(released, redis.exceptions.NoScriptError):
+            self._release(lock_name, token)  # the script call loads it
+        elif isinstance(released, Exception):
+            log.warning("could not release lock %s: %s", lock_name, released)
+        elif not released:
+            log.warning("lock %s expired before its holder released it", lock_name)
+
+    def _release(self, lock_name: str, token: str) -> None:
+        try:
+            if not self._release_script(keys=[lock_name], args=[token]):
+                log.warning("lock %s expired before its holder released it", lock_name)
+        except redis.RedisError:
+            log.warning("could not release lock %s", lock_name, exc_info=True)
 
     def _wait(
         self,

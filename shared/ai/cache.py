@@ -187,7 +187,7 @@ class AICache:
                 key,
                 load=lambda raw: _parse(raw, key),
                 compute=tracked,
-                store=lambda value: self._write(key, request.kind, value),
+                store=lambda value, pipe: self._queue_write(pipe, key, request.kind, value),
             )
         except redis.RedisError:
             if started:
@@ -210,12 +210,18 @@ class AICache:
     def _read(self, key: str) -> dict | None:
         return _parse(self.redis.get(key), key)
 
-    def _write(self, key: str, kind: str, value: dict) -> None:
+    def _queue_write(self, pipe: redis.client.Pipeline, key: str, kind: str, value: dict) -> None:
         ttl = self.ttls.get(kind, 0)
-        if ttl <= 0:
+        if ttl > 0:
+            pipe.set(key, json.dumps(value, separators=(",", ":")), ex=ttl)
+
+    def _write(self, key: str, kind: str, value: dict) -> None:
+        if self.ttls.get(kind, 0) <= 0:
             return
         try:
-            self.redis.set(key, json.dumps(value, separators=(",", ":")), ex=ttl)
+            pipe = self.redis.pipeline(transaction=False)
+            self._queue_write(pipe, key, kind, value)
+            pipe.execute()
         except redis.RedisError:
             # The result is computed and paid for; failing the job over a cache
             # write would only make the caller pay again.
