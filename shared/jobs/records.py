@@ -8,6 +8,7 @@ moved again, and two deliveries of one job cannot both complete it.
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -31,6 +32,7 @@ from shared.jobs.model import (
     utcnow,
 )
 from shared.models import Job, WebhookEndpoint
+from shared.prepared import PreparedStatement
 
 _STATUS_COLUMNS = (
     Job.id,
@@ -297,6 +299,56 @@ _MARK_STATE = (
 )
 
 
+# The same claim and finish on a PostgreSQL connection, prepared once per
+# connection (shared/prepared.py): a worker runs them for every job, and each
+# would otherwise be parsed by the server and compiled, bound and read back by
+# SQLAlchemy. Planned afresh on every run (a custom plan): one plan kept from
+# while `jobs` was empty could scan an index whole for the one row (the
+# partial index of unfinished jobs matches the state condition too).
+_PG_UNFINISHED = ", ".join(f"'{state}'" for state in UNFINISHED)
+_LOOKUP_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+_CLAIM_PREPARED = PreparedStatement(
+    "conveyor_claim_job",
+    f"""
+UPDATE jobs SET state = 'STARTED', message = 'started', attempts = attempts + 1,
+       started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
+WHERE id = %(job_id)s AND state IN ({_PG_UNFINISHED})
+RETURNING id, owner_id, kind, params, attempts, created_at, expires_at
+""",  # noqa: S608
+    types={"job_id": "uuid", "now": "timestamptz"},
+    settings=_LOOKUP_SETTINGS,
+)
+_FINISH_PREPARED = PreparedStatement(
+    "conveyor_finish_job",
+    f"""
+UPDATE jobs SET state = %(new_state)s, message = %(new_message)s,
+       error_code = %(new_error_code)s, error_message = %(new_error_message)s,
+       result = %(new_result)s, progress = coalesce(%(new_progress)s, progress),
+       updated_at = %(now)s, finished_at = %(now)s
+WHERE id = %(job_id)s AND state IN ({_PG_UNFINISHED})
+RETURNING {", ".join(column.key for column in _STATUS_COLUMNS)},
+       EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.owner_id = jobs.owner_id)
+           AS has_webhooks
+""",  # noqa: S608
+    types={
+        "job_id": "uuid",
+        "now": "timestamptz",
+        "new_state": "varchar",
+        "new_message": "varchar",
+        "new_error_code": "varchar",
+        "new_error_message": "varchar",
+        "new_result": "jsonb",
+        "new_progress": "smallint",
+    },
+    settings=_LOOKUP_SETTINGS,
+)
+
+
+def _prepared(conn: Connection | Session) -> bool:
+    """A PostgreSQL connection (not a session, nor SQLite): the prepared statements apply."""
+    return isinstance(conn, Connection) and conn.dialect.name == "postgresql"
+
+
 class FinishedJob(NamedTuple):
     """A job `finish_job` just ended: its status document, and whether webhooks may apply."""
 
@@ -309,11 +361,15 @@ def claim(conn: Connection | Session, job_id: uuid.UUID) -> ClaimedJob | None:
 
     One statement: on an autocommit connection it needs no BEGIN/COMMIT trips.
     """
-    row = conn.execute(_CLAIM, {"job_id": job_id, "now": utcnow()}).first()
+    if _prepared(conn):
+        values = {"job_id": str(job_id), "now": utcnow()}
+        row = _CLAIM_PREPARED.execute(conn, values).first()  # type: ignore[arg-type]
+    else:
+        row = conn.execute(_CLAIM, {"job_id": job_id, "now": utcnow()}).first()
     if row is None:
         return None
     return ClaimedJob(
-        id=row.id,
+        id=row.id if isinstance(row.id, uuid.UUID) else uuid.UUID(row.id),
         owner_id=row.owner_id,
         kind=row.kind,
         params=row.params,
@@ -364,19 +420,23 @@ def finish_job(
     """
     assert state in ("SUCCESS", "FAILURE")
     success = state == "SUCCESS"
-    row = conn.execute(
-        _FINISH,
-        {
-            "job_id": job_id,
-            "now": utcnow(),
-            "new_state": state,
-            "new_progress": 100 if success else None,
-            "new_message": message or ("done" if success else "failed"),
-            "new_result": result,
-            "new_error_code": error.code if error else None,
-            "new_error_message": error.message[:500] if error else None,
-        },
-    ).first()
+    values = {
+        "job_id": job_id,
+        "now": utcnow(),
+        "new_state": state,
+        "new_progress": 100 if success else None,
+        "new_message": message or ("done" if success else "failed"),
+        "new_result": result,
+        "new_error_code": error.code if error else None,
+        "new_error_message": error.message[:500] if error else None,
+    }
+    if _prepared(conn):
+        # As the JSONB column type writes it: None is SQL NULL.
+        values["new_result"] = None if result is None else json.dumps(result)
+        values["job_id"] = str(job_id)
+        row = _FINISH_PREPARED.execute(conn, values).first()  # type: ignore[arg-type]
+    else:
+        row = conn.execute(_FINISH, values).first()
     if row is None:
         return None
     return FinishedJob(status_from_row(row), bool(row.has_webhooks))

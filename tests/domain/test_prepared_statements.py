@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from shared.db import create_db_engine
-from shared.jobs import admission_batch
+from shared.jobs import admission_batch, records
 from shared.jobs.admission_batch import INSERT_UNKEYED, JobRow
 from shared.jobs.model import utcnow
 from shared.prepared import PreparedStatement
@@ -137,12 +137,68 @@ def test_the_unkeyed_batch_counts_through_the_partial_index_even_planned_on_an_e
                     },
                 ).scalars()
             )
+            # Looked up by owner (a condition on the index), not the whole index filtered.
             assert f"Index Only Scan using {partial} on jobs" in plan, plan
+            assert "Index Cond: (owner_id = " in plan, plan
             assert "Seq Scan on jobs" not in plan, plan
         finally:
             conn.exec_driver_sql("DEALLOCATE ALL")
             conn.exec_driver_sql("RESET search_path")
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.mark.parametrize("statement", [records._CLAIM_PREPARED, records._FINISH_PREPARED])
+def test_claim_and_finish_find_the_row_by_its_key_after_the_table_grew(engine, statement):
+    """Prepared while `jobs` was empty, they look the row up by its key once it has grown."""
+    schema = f"prep_{uuid.uuid4().hex[:8]}"
+    explain = statement.execute_sql.replace("EXECUTE ", "EXPLAIN (COSTS OFF) EXECUTE ")
+    values = {name: None for name in ("new_state", "new_message", "new_error_code")}
+    values |= {"new_error_message": None, "new_result": None, "new_progress": None}
+    values |= {"job_id": str(uuid.uuid4()), "now": utcnow()}
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        try:
+            conn.exec_driver_sql(f"CREATE TABLE {schema}.jobs (LIKE public.jobs INCLUDING ALL)")
+            conn.exec_driver_sql(f"ANALYZE {schema}.jobs")
+            conn.exec_driver_sql(f"SET search_path = {schema}, public")
+            conn.exec_driver_sql(statement.prepare_sql)
+            for _ in range(6):  # past the five runs after which a kept plan may be chosen
+                conn.exec_driver_sql(explain, values).all()
+            conn.exec_driver_sql(
+                f"INSERT INTO {schema}.jobs (id, owner_id, kind, queue, state, progress, message,"
+                " params, attempts, created_at, updated_at, expires_at)"
+                " SELECT gen_random_uuid(), g %% 50, 'ai.text', 'ai', 'PENDING', 0, 'queued',"
+                " '{}', 0, now(), now(), now() FROM generate_series(1, 20000) g"
+            )
+            plan = "\n".join(conn.exec_driver_sql(explain, values).scalars())
+            assert "Index Scan using jobs_pkey on jobs" in plan, plan
+        finally:
+            conn.exec_driver_sql("DEALLOCATE ALL")
+            conn.exec_driver_sql("RESET search_path")
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_a_prepared_claim_and_finish_answer_as_the_orm_ones_do(resources, make_user):
+    owner_id, _ = make_user()
+    now = utcnow()
+    first, second = (
+        JobRow(uuid.uuid4(), owner_id, "ai.text", "ai", {"n": n}, None, None, None) for n in (1, 2)
+    )
+    with resources.autocommit_engine.connect() as conn:
+        admission_batch.insert_jobs(conn, [first, second], now=now, expires_at=now)
+        prepared = records.claim(conn, first.id)
+        done = records.finish_job(conn, first.id, state="SUCCESS", result={"text": "é"})
+    with resources.sessions.begin() as session:  # the ORM's statements, for comparison
+        plain = records.claim(session, second.id)
+        plain_done = records.finish_job(session, second.id, state="SUCCESS", result={"text": "é"})
+    assert prepared.id == first.id and isinstance(prepared.id, uuid.UUID)
+    for field in ("owner_id", "kind", "attempts"):
+        assert getattr(prepared, field) == getattr(plain, field)
+    assert prepared.params == {"n": 1} and prepared.created_at.tzinfo is not None
+    assert done.status.keys() == plain_done.status.keys()
+    assert done.status["result"] == plain_done.status["result"] == {"text": "é"}
+    assert (done.status["state"], done.status["progress"]) == ("SUCCESS", 100)
+    assert done.has_webhooks is plain_done.has_webhooks is False
 
 
 def test_unkeyed_and_keyed_batches_take_their_statements(resources, make_user):
