@@ -5,12 +5,29 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from importlib.metadata import version
 from pathlib import Path
 
 import redis
 
 _LIBRARIES = ("gunicorn", "flask", "celery", "sqlalchemy", "redis")
+
+
+def python_loop_ms(iterations: int = 2_000_000, rounds: int = 3) -> float:
+    """CPU ms of a fixed pure-Python loop, best of `rounds`: how fast this box runs Python now.
+
+    Shared machines change speed from hour to hour; this lets two pages' absolute
+    figures be compared (ratios within one page need no such help).
+    """
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        total = 0
+        for number in range(iterations):
+            total += number
+        best = min(best, time.process_time() - started)
+    return best * 1000
 
 
 def _cpu_model() -> str:

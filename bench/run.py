@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream = None
     started = time.monotonic()
     load_before = os.getloadavg()
+    speed_before = machine.python_loop_ms()
     print(f"bench run {run_id}: logs and scripts in {work_dir}")
     try:
         db.create()
@@ -185,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                 **_setup_lines(options),
                 "load average (1/5/15 min) before / after": f"{_load(load_before)} / "
                 f"{_load(os.getloadavg())} (other work on the box skews every figure)",
+                "speed probe before / after": f"{speed_before:.0f} / "
+                f"{machine.python_loop_ms():.0f} ms of CPU for a 2,000,000-step Python loop "
+                "(best of 3; lower is faster: compare it before comparing two pages' "
+                "absolute figures)",
             },
             figures=bench.figures,
             ratios=ratios,
