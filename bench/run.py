@@ -363,8 +363,9 @@ LIMITS = [
     "AI: the upstream's 200 ms caps a slot at 5 jobs/s, so concurrency / 0.2 s at most. With "
     "`worker_prefetch_multiplier=1` the gevent worker (Celery's synchronous consume loop) stops "
     "asking Redis for messages while every slot is busy and looks again only when its 2 s "
-    "poll times out, so each slot runs about one job per 2 s: concurrency / 2 jobs/s. The "
-    "`--prefetch-multiplier 4` row shows the same worker without that stall; beyond that the "
+    "poll times out, so at worst each slot runs about one job per 2 s: concurrency / 2 "
+    "jobs/s. Whether a run hits that depends on timing (some runs do, some do not); the "
+    "`--prefetch-multiplier 4` rows cannot stall that way. Beyond that the "
     "worker's one core (Python CPU per job) is the ceiling.",
 ]
 
