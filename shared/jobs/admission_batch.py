@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from shared.jobs.model import UNFINISHED
+from shared.jobs.model import UNFINISHED_SQL
 from shared.prepared import PreparedStatement
 
 
@@ -54,8 +54,6 @@ class JobRow:
     # MAX_INFLIGHT_JOBS for this row; None admits it whatever the owner has running.
     max_inflight: int | None
 
-
-_UNFINISHED_SQL = ", ".join(f"'{state}'" for state in UNFINISHED)
 
 # Every value is an array parameter, unnested in submission order (ordinality),
 # so the statement text never changes with the batch size (the server parses
@@ -91,7 +89,7 @@ inflight AS (
     SELECT j.owner_id, count(*) AS n
     FROM jobs j
     WHERE j.owner_id IN (SELECT c.owner_id FROM candidates c WHERE c.max_inflight IS NOT NULL)
-      AND j.state IN ({_UNFINISHED_SQL})
+      AND j.state IN ({UNFINISHED_SQL})
     GROUP BY j.owner_id
 )
 INSERT INTO jobs (
@@ -133,7 +131,7 @@ LEFT JOIN LATERAL (
     SELECT count(*) AS n
     FROM jobs j
     WHERE c.max_inflight IS NOT NULL
-      AND j.owner_id = c.owner_id AND j.state IN ({_UNFINISHED_SQL})
+      AND j.owner_id = c.owner_id AND j.state IN ({UNFINISHED_SQL})
 ) i ON true
 WHERE c.max_inflight IS NULL OR i.n + c.nth <= c.max_inflight
 ORDER BY c.ord

@@ -13,6 +13,10 @@ from typing import Any
 UNFINISHED = ("PENDING", "STARTED", "PROGRESS", "RETRY")
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 STATES = UNFINISHED + TERMINAL
+# The unfinished states as SQL literals, for statements that spell them into
+# their text (constants, no input), so the planner matches the partial index
+# of unfinished jobs.
+UNFINISHED_SQL = ", ".join(f"'{state}'" for state in UNFINISHED)
 
 
 class JobError(Exception):

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from shared.jobs.kinds import KIND_QUEUES
 from shared.jobs.model import (
     UNFINISHED,
+    UNFINISHED_SQL,
     ClaimedJob,
     IdempotencyKeyReused,
     JobAlreadyFinished,
@@ -305,14 +306,13 @@ _MARK_STATE = (
 # SQLAlchemy. Planned afresh on every run (a custom plan): one plan kept from
 # while `jobs` was empty could scan an index whole for the one row (the
 # partial index of unfinished jobs matches the state condition too).
-_PG_UNFINISHED = ", ".join(f"'{state}'" for state in UNFINISHED)
 _LOOKUP_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 _CLAIM_PREPARED = PreparedStatement(
     "conveyor_claim_job",
     f"""
 UPDATE jobs SET state = 'STARTED', message = 'started', attempts = attempts + 1,
        started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
-WHERE id = %(job_id)s AND state IN ({_PG_UNFINISHED})
+WHERE id = %(job_id)s AND state IN ({UNFINISHED_SQL})
 RETURNING id, owner_id, kind, params, attempts, created_at, expires_at
 """,  # noqa: S608
     types={"job_id": "uuid", "now": "timestamptz"},
@@ -325,7 +325,7 @@ UPDATE jobs SET state = %(new_state)s, message = %(new_message)s,
        error_code = %(new_error_code)s, error_message = %(new_error_message)s,
        result = %(new_result)s, progress = coalesce(%(new_progress)s, progress),
        updated_at = %(now)s, finished_at = %(now)s
-WHERE id = %(job_id)s AND state IN ({_PG_UNFINISHED})
+WHERE id = %(job_id)s AND state IN ({UNFINISHED_SQL})
 RETURNING {", ".join(column.key for column in _STATUS_COLUMNS)},
        EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.owner_id = jobs.owner_id)
            AS has_webhooks
