@@ -186,11 +186,14 @@ def _raise_open_files_limit(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Responses in one write; under gevent, psycopg2 and redis-py made cooperative and cheap."""
+    """Per worker: one-write responses, the collector tuned, cooperative psycopg2 and redis-py."""
+    from shared.gc_tuning import tune_collector
     from shared.gunicorn_writes import send_head_with_body
 
     # A small answer's head and body in one sendall, not two (one segment, one read).
     send_head_with_body()
+    # The app is loaded: freeze it and collect less often (shared/gc_tuning.py).
+    tune_collector()
     monkey = sys.modules.get("gevent.monkey")
     if monkey is None or not monkey.is_module_patched("socket"):
         return  # gthread: real threads, nothing to patch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import http.client
 import importlib.util
 import sys
@@ -99,7 +100,12 @@ def test_every_gunicorn_worker_applies_it():
     gunicorn_wsgi.Response.write = getattr(
         gunicorn_wsgi.Response.write, "_conveyor_original", gunicorn_wsgi.Response.write
     )
-    conf.post_worker_init(types.SimpleNamespace())  # not monkey-patched here: the gthread path
+    threshold = gc.get_threshold()
+    try:
+        conf.post_worker_init(types.SimpleNamespace())  # not monkey-patched: the gthread path
+    finally:  # it also tunes the collector (shared/gc_tuning.py), for a worker's life
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
     assert hasattr(gunicorn_wsgi.Response.write, "_conveyor_original")
 
 

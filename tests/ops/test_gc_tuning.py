@@ -1,0 +1,77 @@
+"""The collector settings of long-running processes (shared/gc_tuning.py)."""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import json
+import sys
+import weakref
+
+import pytest
+from celery.signals import worker_process_init, worker_ready
+
+from shared.gc_tuning import MIDDLE_THRESHOLD, OLD_THRESHOLD, YOUNG_THRESHOLD, tune_collector
+from tests.support.environment import process_environment
+from tests.support.processes import free_port, running_server
+
+TUNED = (YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
+
+
+@pytest.fixture
+def restored_collector():
+    """Put this test process's collector back as it was (tune_collector changes it for life)."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def test_tuning_freezes_what_is_there_and_still_collects_new_cycles(restored_collector):
+    assert gc.get_threshold() != TUNED
+    tune_collector()
+    assert gc.get_threshold() == TUNED
+    assert gc.get_freeze_count() > 0
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a  # a cycle made after tuning: only the collector can free it
+    gone = weakref.ref(a)
+    del a, b
+    gc.collect()
+    assert gone() is None
+
+
+def test_every_worker_process_tunes_its_collector(restored_collector):
+    from workers.factory import wire_process
+
+    wire_process()
+    worker_process_init.send(sender=None)  # a prefork child, just forked
+    assert gc.get_threshold() == TUNED
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    worker_ready.send(sender=None)  # the worker's own process (all of -P gevent's tasks)
+    assert gc.get_threshold() == TUNED
+    assert gc.get_freeze_count() > 0
+
+
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_each_web_worker_runs_tuned(tmp_path, worker_class):
+    """gunicorn.conf.py as the Procfile runs it (and with gthread): its workers are tuned."""
+    port = free_port()
+    env = {**process_environment(), "PORT": str(port), "WEB_CONCURRENCY": "2"}
+    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--worker-class",
+            worker_class, "--bind", f"127.0.0.1:{port}", "tests.support.gc_probe:app"]  # fmt: skip
+    with running_server(argv, env=env, log_path=tmp_path / "web.log", port=port):
+        for _ in range(4):  # new connections: the kernel hands them to either worker
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/")
+            answer = connection.getresponse()
+            assert answer.status == 200
+            state = json.loads(answer.read())
+            connection.close()
+            assert tuple(state["threshold"]) == TUNED
+            assert state["frozen"] > 0
