@@ -345,15 +345,20 @@ LIMITS = [
     "to PostgreSQL. gthread holds idle keep-alive connections in its poller but serves them "
     "with 4 threads per worker, so under this load requests queue behind busy threads. A "
     "listen backlog of 4,096 keeps the SYNs of clients connecting at once (gunicorn's 2,048 "
-    "dropped some, and a dropped SYN waits 1, 3, 7 s to retry).",
+    "dropped some, and a dropped SYN waits 1, 3, 7 s to retry). Every process tunes CPython's "
+    "cyclic collector once it has loaded (shared/gc_tuning.py: `gc.freeze()`, the young "
+    "generation every 50,000 allocations instead of 700): each waiting client's parked "
+    "greenlet and parser outlive their request and filled the older generations, so a "
+    "worker ran a full collection every few seconds, 130-200 ms each (every request it held "
+    "waited), about a tenth of its CPU.",
     "Memory: resident set (RSS) summed over a process type's processes (gunicorn master and "
     "workers; the prefork parent and children). Per 1,000 open connections is (peak with the "
     "clients - idle before them) / thousands connected. beat and flower are measured idle "
     "(nothing loads them in this run: flower would turn on every worker's task events).",
     "AI against 1 s: 100 greenlets, so 100 jobs/s at most. The worker is one process on one "
     "core. A job's CPU is a claim statement and a finish statement (autocommit, one each, "
-    "prepared once per connection), its status writes (STARTED goes with the first progress "
-    "write, the cache counters with the outcome), the AI cache's lookup (one trip), its "
+    "prepared once per connection), its status writes (STARTED and the first progress go "
+    "with the AI cache's lookup, the cache counters with the outcome), the lookup (one trip), its "
     "single-flight (the lock taken with the read, released with the store: two trips), the "
     "quota check, the upstream call on a kept-alive http.client connection (httpx's layers cost "
     "about three times as much per call) and Celery's own per-message work. A fixed 1 s "

@@ -20,6 +20,7 @@ from shared.jobs import ClaimedJob, JobError
 from shared.jobs import status as job_status
 from shared.jobs.lifecycle import announce_outcome
 from shared.jobs.records import finish_job
+from shared.jobs.status_scripts import StatusPipeline
 from shared.resources import Resources
 from workers.runtime import resources
 from workers.tasks.webhooks import outbox as webhook_outbox
@@ -46,6 +47,8 @@ class JobRun:
         self._has_webhooks = True
         # The STARTED document not yet written: it goes with the next write, in its trip.
         self._start_pending = False
+        # A progress update (percent, message) not yet written: likewise.
+        self._deferred: tuple[int, str] | None = None
         # Writes that ride the outcome's trip (after the STARTED document, if pending).
         self._with_outcome: list[Callable[[redis.client.Pipeline], None]] = []
 
@@ -53,14 +56,22 @@ class JobRun:
     def params(self) -> dict[str, Any]:
         return self.job.params
 
-    def progress(self, percent: int, message: str) -> None:
-        """Publish live progress (Redis only; the row records transitions)."""
+    def progress(self, percent: int, message: str, *, defer: bool = False) -> None:
+        """Publish live progress (Redis only; the row records transitions).
+
+        `defer`: not in a trip of its own, but with the attempt's next Redis
+        write (see `ride`): for progress the work reports just before
+        it makes a trip of its own anyway.
+        """
+        if defer:
+            self._deferred = (percent, message)
+            return
         statuses = self.res.statuses
         try:
-            if self._start_pending:
-                # STARTED and this first progress, in this order, in one trip.
+            if self._has_pending():
+                # What is pending, then this progress, in this order, in one trip.
                 pipe = statuses.pipeline()
-                self._queue_start(pipe)
+                self._queue_pending(pipe)
                 updated = _progress_document(self.status, percent, message)
                 statuses.write(self.job.owner_id, updated, event="progress", pipe=pipe)
                 pipe.execute()
@@ -69,6 +80,29 @@ class JobRun:
                 self.status = statuses.progress(self.job.owner_id, self.status, percent, message)
         except redis.RedisError:
             log.warning("progress not published: Redis unavailable", exc_info=True)
+
+    def ride(self, pipe: redis.client.Pipeline) -> Callable[[list[Any]], object] | None:
+        """Queue the pending STARTED document and deferred progress on `pipe`, another's trip.
+
+        For a trip the work makes anyway: its owner executes `pipe`, then
+        passes all of its answers to the callable returned (None: nothing
+        was pending), which re-runs a status script Redis had lost. A write
+        that fails there only loses this live status (the row has it).
+        """
+        if not self._has_pending():
+            return None
+        statuses = StatusPipeline(pipe)
+        self._queue_pending(statuses)
+        return statuses.settle
+
+    def _queue_pending(self, pipe: redis.client.Pipeline | StatusPipeline) -> None:
+        self._queue_start(pipe)
+        if self._deferred is not None:
+            percent, message = self._deferred
+            self._deferred = None
+            updated = _progress_document(self.status, percent, message)
+            self.res.statuses.write(self.job.owner_id, updated, event="progress", pipe=pipe)
+            self.status = updated
 
     def with_outcome(self, queue: Callable[[redis.client.Pipeline], None]) -> None:
         """Queue `queue`'s Redis writes on the pipeline that announces the job's outcome.
@@ -79,10 +113,13 @@ class JobRun:
         self._with_outcome.append(queue)
 
     def _queue_first(self, pipe: redis.client.Pipeline) -> None:
-        self._queue_start(pipe)
+        self._queue_pending(pipe)
         for queue in self._with_outcome:
             queue(pipe)
         self._with_outcome.clear()
+
+    def _has_pending(self) -> bool:
+        return self._start_pending or self._deferred is not None
 
     def _queue_start(self, pipe: redis.client.Pipeline) -> None:
         if self._start_pending:
@@ -130,10 +167,10 @@ class JobRun:
 
     def _publish(self, status: dict[str, Any]) -> None:
         status = {**status, "updated_at": jobs.isoformat(jobs.utcnow())}
-        if self._start_pending:
+        if self._has_pending():
             try:
                 pipe = self.res.statuses.pipeline()
-                self._queue_start(pipe)
+                self._queue_pending(pipe)
                 self.res.statuses.write(self.job.owner_id, status, pipe=pipe)
                 pipe.execute()
             except redis.RedisError:
@@ -164,7 +201,7 @@ class JobRun:
             message,
             webhooks=webhook_outbox(self.task.app) if self._has_webhooks else None,
             # A STARTED document still pending goes first, so its event precedes the outcome's.
-            first=self._queue_first if self._start_pending or self._with_outcome else None,
+            first=self._queue_first if self._has_pending() or self._with_outcome else None,
         )
         self.status = status
 

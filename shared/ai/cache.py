@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A caller's writes queued on the cache lookup's pipeline; what it returns, if
+# callable, settles their replies (see `_execute_with`).
+Also = Callable[[redis.client.Pipeline], object]
+
 # Per-user quota failures belong to the user who hit them, not to others
 # waiting for the same prompt; everything else came from the upstream.
 _SHARED_FAILURE_CODES = frozenset(
@@ -161,12 +165,16 @@ class AICache:
         compute: Callable[[], dict],
         *,
         record: bool = True,
+        also: Also | None = None,
     ) -> tuple[dict, bool]:
         """`(result, from_cache)`: the cached result, or `compute()`'s, computed once.
 
         `compute` runs only on a miss, at most once per call, and its AIError
         propagates. `record=False` leaves the popularity ranking alone (for
-        the cache-warming job's own requests).
+        the cache-warming job's own requests). `also(pipe)` queues the
+        caller's own writes on the lookup's trip (a job's live status); their
+        failure is logged and does not fail the lookup. With the cache off
+        there is no lookup and `also` is not called.
         """
         if not self.enabled or self.ttls.get(request.kind, 0) <= 0:
             return compute(), False
@@ -180,7 +188,7 @@ class AICache:
         try:
             key = self.key(request, provider, model)
             # The ranking and the lookup share one round trip.
-            cached = self._record_and_read(request, key) if record else self._read(key)
+            cached = self._record_and_read(request, key, also) if record else self._read(key, also)
             if cached is not None:
                 return cached, True
             return self._flight.run(
@@ -207,8 +215,13 @@ class AICache:
                 continue  # stored under older, looser rules; not worth warming
         return requests
 
-    def _read(self, key: str) -> dict | None:
-        return _parse(self.redis.get(key), key)
+    def _read(self, key: str, also: Also | None = None) -> dict | None:
+        if also is None:
+            return _parse(self.redis.get(key), key)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(key)
+        (raw,) = _execute_with(pipe, 1, also)
+        return _parse(raw, key)
 
     def _queue_write(self, pipe: redis.client.Pipeline, key: str, kind: str, value: dict) -> None:
         ttl = self.ttls.get(kind, 0)
@@ -227,14 +240,45 @@ class AICache:
             # write would only make the caller pay again.
             log.warning("could not cache ai result %s", key, exc_info=True)
 
-    def _record_and_read(self, request: AIRequest, key: str) -> dict | None:
+    def _record_and_read(
+        self,
+        request: AIRequest,
+        key: str,
+        also: Also | None = None,
+    ) -> dict | None:
         """Count `request` in the popularity ranking and read its cached result, in one trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zincrby(self.popular_key, 1, request.canonical_json())
         pipe.zcard(self.popular_key)
         pipe.get(key)
-        _, size, raw = pipe.execute()
+        _, size, raw = _execute_with(pipe, 3, also)
         # Trim in batches (10% slack) rather than on every call.
         if size > self.popular_max + self.popular_max // 10:
             self.redis.zremrangebyrank(self.popular_key, 0, -(self.popular_max + 1))
         return _parse(raw, key)
+
+
+def _execute_with(pipe: redis.client.Pipeline, own: int, also: Also | None) -> list:
+    """Execute `pipe`, whose first `own` commands are the cache's, with `also`'s queued after.
+
+    The cache's own replies are returned (an error among them raised, as
+    `execute` would). `also(pipe)` may return a callable, which then gets
+    every reply of the trip to settle its own; an error left among those
+    is logged only.
+    """
+    if also is None:
+        return pipe.execute()
+    settle = also(pipe)
+    replies = pipe.execute(raise_on_error=False)
+    for reply in replies[:own]:
+        if isinstance(reply, Exception):
+            raise reply
+    if callable(settle):
+        try:
+            replies = settle(replies) or replies
+        except redis.RedisError:
+            log.warning("writes sent with the ai cache lookup failed", exc_info=True)
+    failed = [reply for reply in replies[own:] if isinstance(reply, Exception)]
+    if failed:
+        log.warning("writes sent with the ai cache lookup failed: %s", failed[0])
+    return replies[:own]

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from shared.ai.cache import AICache
 from shared.ai.providers import ProgressCallback, Provider
 from shared.ai.request import AIRequest
@@ -38,11 +40,14 @@ def generate(
     *,
     before_upstream: Callable[[], None] | None = None,
     progress: ProgressCallback | None = None,
+    with_lookup: Callable[[redis.client.Pipeline], object] | None = None,
 ) -> dict[str, Any]:
     """The result for `request` with `provider`, `model` and `from_cache` added.
 
     On a cache miss (and only then) `before_upstream` runs right before the
     provider is called, which is where the daily quota is consumed.
+    `with_lookup(pipe)` queues the caller's writes on the cache lookup's
+    trip (see AICache.get_or_compute).
     """
     model = provider.model_for(request.kind)
 
@@ -51,5 +56,7 @@ def generate(
             before_upstream()
         return provider.generate(request, progress)
 
-    result, from_cache = cache.get_or_compute(request, provider.name, model, compute)
+    result, from_cache = cache.get_or_compute(
+        request, provider.name, model, compute, also=with_lookup
+    )
     return {**result, "provider": provider.name, "model": model, "from_cache": from_cache}

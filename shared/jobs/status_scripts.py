@@ -145,7 +145,10 @@ class StatusPipeline:
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send everything in one trip; re-run any script Redis did not have."""
-        answers = self._pipe.execute(raise_on_error=False)
+        return self.settle(self._pipe.execute(raise_on_error=False), raise_on_error)
+
+    def settle(self, answers: list[Any], raise_on_error: bool = False) -> list[Any]:
+        """`answers` of the wrapped pipeline, executed by its owner, with lost scripts re-run."""
         for index, (script, keys, args) in self._scripts.items():
             if isinstance(answers[index], redis.exceptions.NoScriptError):
                 answers[index] = script(keys=keys, args=args)  # loads it, then runs it

@@ -23,6 +23,7 @@ from shared.ai.request import AIRequest
 from tests.fakes import fixtures
 from tests.fakes.openai_server import FakeOpenAIServer, Scripted
 from tests.support.environment import TEST_ENV
+from tests.support.redis_counting import CountingConnection
 
 # Until a conftest provides it, the fixture is made visible to this module here.
 openai_server = fixtures.openai_server
@@ -301,3 +302,69 @@ def test_generate_uses_the_image_model_for_images(cache, openai_server: FakeOpen
         assert result["model"] == "img-test"
         assert generate(request, provider, cache)["from_cache"] is True
     assert openai_server.calls == 1
+
+
+@pytest.fixture
+def counted_cache(prefix):
+    """A cache whose client counts its round trips (tests/support/redis_counting.py)."""
+    pool = redis.ConnectionPool.from_url(
+        TEST_ENV["REDIS_URL"], connection_class=CountingConnection, decode_responses=True
+    )
+    client = redis.Redis(connection_pool=pool)
+    yield AICache(client, prefix, TTLS, lock_ttl=5, poll_interval=0.01), client
+    client.close()
+
+
+def _trips(call) -> int:
+    before = CountingConnection.sends
+    call()
+    return CountingConnection.sends - before
+
+
+def test_the_callers_writes_ride_the_lookup_trip_on_a_miss_and_a_hit(counted_cache, prefix):
+    cache, client = counted_cache
+    cache.get_or_compute(DECK, "p", "m", Counting())  # scripts loaded, connection open
+    marker = f"{prefix}also"
+
+    def also(pipe):
+        pipe.incr(marker)
+
+    def miss(request, **kwargs):
+        return lambda: cache.get_or_compute(request, "p", "m", Counting(), **kwargs)
+
+    plain = _trips(miss(AIRequest("text", f"plain {uuid.uuid4()}", {})))
+    riding = _trips(miss(AIRequest("text", f"riding {uuid.uuid4()}", {}), also=also))
+    assert riding == plain == 3  # lookup (with the caller's writes), lock and read, store
+    assert client.get(marker) == "1"
+    assert _trips(lambda: cache.get_or_compute(DECK, "p", "m", Counting(), also=also)) == 1
+    assert client.get(marker) == "2"
+
+
+def test_a_failing_write_of_the_caller_does_not_fail_the_lookup(cache, ai_redis, prefix, caplog):
+    cache.get_or_compute(DECK, "p", "m", Counting())
+    ai_redis.set(f"{prefix}not-a-counter", "not a number")
+    result = cache.get_or_compute(
+        DECK, "p", "m", Counting(), also=lambda pipe: pipe.incr(f"{prefix}not-a-counter")
+    )
+    assert result == (RESULT, True)
+    assert "writes sent with the ai cache lookup failed" in caplog.text
+
+
+def test_with_the_cache_off_the_callers_writes_are_not_sent(ai_redis, prefix):
+    off = AICache(ai_redis, prefix, TTLS, enabled=False)
+    queued = []
+    assert off.get_or_compute(DECK, "p", "m", Counting(), also=queued.append) == (RESULT, False)
+    assert queued == []
+
+
+def test_the_callers_settle_gets_every_reply_of_the_trip(cache, ai_redis, prefix):
+    marker = f"{prefix}settled"
+    seen = []
+
+    def also(pipe):
+        pipe.set(marker, "1")
+        return lambda replies: seen.append(list(replies))
+
+    assert cache.get_or_compute(DECK, "p", "m", Counting(), also=also) == (RESULT, False)
+    assert len(seen) == 1 and len(seen[0]) == 4  # the lookup's three replies, then the SET's
+    assert seen[0][3] is True and ai_redis.get(marker) in ("1", b"1")

@@ -11,16 +11,7 @@ import redis
 
 from shared.locks import SingleFlight
 from tests.conftest import REDIS_PREFIX, REDIS_URL
-
-
-class _CountingConnection(redis.Connection):
-    """Counts what goes to Redis: one send per command or pipeline, so one per round trip."""
-
-    sends = 0
-
-    def send_packed_command(self, command, check_health=True):
-        type(self).sends += 1
-        return super().send_packed_command(command, check_health)
+from tests.support.redis_counting import CountingConnection as _CountingConnection
 
 
 @pytest.fixture

@@ -70,3 +70,24 @@ def test_scripts_on_a_pipeline_go_in_one_trip_and_survive_a_lost_script_cache(pr
 def _script_exists_calls(client) -> int:
     stats = client.info("commandstats")
     return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
+
+
+def test_writes_on_anothers_pipeline_are_settled_after_its_owner_executes_it(private_redis):
+    """A job's status riding the AI cache lookup's trip (JobRun.ride): NOSCRIPT still recovers."""
+    from shared.jobs.status_scripts import StatusPipeline
+
+    client = private_redis.client()
+    store = StatusStore(client, Keys(f"t{uuid.uuid4().hex[:6]}:"))
+    client.set("looked-up", "value")
+    document = _document("PROGRESS")
+    owners = client.pipeline(transaction=False)
+    owners.get("looked-up")  # the owner's own command comes first
+    riding = StatusPipeline(owners)
+    store.write(7, document, pipe=riding)
+    client.script_flush()
+    answers = owners.execute(raise_on_error=False)  # the owner executes its pipeline
+    assert answers[0] == "value" and isinstance(answers[1], Exception)
+    settled = riding.settle(answers)
+    assert not isinstance(settled[1], Exception)
+    assert store.read(document["task_id"], 7)["state"] == "PROGRESS"
+    client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,9 @@ def running_worker(
     from workers import runtime
 
     runtime.reset()
+    # A worker tunes its process's collector once ready (shared/gc_tuning.py):
+    # here that process is the test run, which gets its own settings back.
+    threshold = gc.get_threshold()
     with start_worker(
         celery_app,
         pool="threads",
@@ -30,6 +34,8 @@ def running_worker(
     ) as controller:
         yield controller
     runtime.reset()
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 def queue_depth(redis_client, prefix: str, queue: str) -> int:

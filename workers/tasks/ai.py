@@ -69,8 +69,9 @@ def _generate(run: JobRun) -> str:
     except AIRequestError as exc:
         # The API validated these params; only a rule change since could land here.
         raise JobError("invalid_request", str(exc)) from None
-    # The first progress also carries the claim's STARTED document (one Redis trip).
-    run.progress(5, f"Generating {request.kind}")
+    # The first progress, with the claim's STARTED document, rides the cache
+    # lookup's trip (or, with the AI cache off, the next progress's).
+    run.progress(5, f"Generating {request.kind}", defer=True)
 
     def consume_quota() -> None:
         quota.consume(
@@ -87,6 +88,7 @@ def _generate(run: JobRun) -> str:
             ai_runtime.cache(run.task.app),
             before_upstream=consume_quota,
             progress=run.progress,
+            with_lookup=run.ride,
         )
     except AIError as error:
         raise _retry_or_fail(run, error) from None
