@@ -92,6 +92,8 @@ _ADAPTER_ENVIRON = (
 )
 # Distinct such combinations remembered per process (clients choose the Host).
 _MAX_ADAPTER_ORIGINS = 256
+# Routing answers remembered per origin (clients choose the path: bounded).
+_MAX_MATCHES = 4096
 
 
 class ConveyorFlask(Flask):
@@ -102,12 +104,13 @@ class ConveyorFlask(Flask):
     question was a measurable share of a poll's CPU. And every request's URL
     adapter parses the Host header twice and IDNA-encodes it (about a tenth of
     a /healthz's time in the app): `create_url_adapter` does that once per
-    distinct Host, scheme and mount point.
+    distinct Host, scheme and mount point, and that origin's adapters
+    remember which rule a path and method matched (`_RememberingAdapter`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_callables: dict[Callable[..., Any], Callable[..., Any]] = {}
-        self._adapter_origins: dict[tuple[Any, ...], tuple[str, str, str, str | None, str]] = {}
+        self._adapter_origins: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         super().__init__(*args, **kwargs)
 
     def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
@@ -135,14 +138,15 @@ class ConveyorFlask(Flask):
                     adapter.script_name,
                     adapter.subdomain,
                     adapter.url_scheme,
+                    {},  # this origin's routing answers (_RememberingAdapter)
                 )
             return adapter
-        host, server_name, script_name, subdomain, url_scheme = origin
+        host, server_name, script_name, subdomain, url_scheme, matches = origin
         request.host = host  # what Flask's create_url_adapter sets  # type: ignore[misc]
         path_info = environ.get("PATH_INFO")
         query = environ.get("QUERY_STRING")
         # werkzeug's bind_to_environ: WSGI strings are latin-1 wrapped UTF-8.
-        return MapAdapter(
+        adapter = _RememberingAdapter(
             self.url_map,
             server_name,
             script_name,
@@ -152,6 +156,8 @@ class ConveyorFlask(Flask):
             environ["REQUEST_METHOD"],
             _wsgi_text(query) if query is not None else None,
         )
+        adapter.matches = matches
+        return adapter
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Flask's ensure_sync, its answer kept per function."""
@@ -165,6 +171,42 @@ class ConveyorFlask(Flask):
         if len(self._sync_callables) < 10_000:  # bound it, should callables be made per request
             self._sync_callables[func] = sync
         return sync
+
+
+class _RememberingAdapter(MapAdapter):
+    """A MapAdapter whose request's own match is looked up in its origin's answers first.
+
+    werkzeug walks its state machine for every request (a twentieth of a
+    /healthz's CPU). Its answer depends only on the map, the origin (server
+    name, subdomain, mount point, scheme: one `matches` dict per origin),
+    the path and the method, and the map is fixed once Flask serves its
+    first request. Only answers are kept: a 404, 405 or redirect raises
+    again each time. Each hit gets its own copy of the view arguments
+    (Flask's URL value preprocessors may change them).
+    """
+
+    matches: dict[tuple[str, str, bool, bool], tuple[Any, dict[str, Any]]]
+
+    def match(  # type: ignore[override]
+        self,
+        path_info: str | None = None,
+        method: str | None = None,
+        return_rule: bool = False,
+        query_args: Any = None,
+        websocket: bool | None = None,
+    ) -> tuple[Any, Any]:
+        """werkzeug's match; the request's own (no arguments but return_rule) remembered."""
+        if path_info is not None or method is not None or websocket is not None:
+            return super().match(path_info, method, return_rule, query_args, websocket)
+        key = (self.path_info, self.default_method, self.websocket, return_rule)
+        found = self.matches.get(key)
+        if found is not None:
+            return found[0], dict(found[1])
+        target, arguments = super().match(return_rule=return_rule, query_args=query_args)
+        if len(self.matches) >= _MAX_MATCHES:
+            self.matches.clear()
+        self.matches[key] = (target, dict(arguments))
+        return target, arguments
 
 
 def _wsgi_text(value: str) -> str:

@@ -95,3 +95,41 @@ def test_origins_differing_only_by_mount_scheme_or_port_stay_apart(app):
             ours, theirs, *_ = _adapters(app, base_url=base, path="/healthz")
             assert {f: getattr(ours, f) for f in FIELDS} == {f: getattr(theirs, f) for f in FIELDS}
     assert len(app._adapter_origins) == len(urls)
+
+
+def _matched(app, path, method="GET"):
+    ours, *_ = _adapters(app, base_url="http://h/", path=path, method=method)
+    return ours.match(return_rule=True)
+
+
+def test_a_remembered_match_skips_werkzeugs_matcher_and_hands_out_fresh_arguments(
+    app, monkeypatch
+):
+    app._adapter_origins.clear()
+    walks = []
+    matcher = app.url_map._matcher
+    original = matcher.match
+    monkeypatch.setattr(matcher, "match", lambda *a: walks.append(a) or original(*a))
+    _adapters(app, base_url="http://h/", path="/healthz")  # the origin, Flask's way
+    rule, arguments = _matched(app, "/api/v1/tasks/abc")
+    assert rule.rule == "/api/v1/tasks/<task_id>" and arguments == {"task_id": "abc"}
+    arguments["task_id"] = "changed by a preprocessor"
+    again_rule, again = _matched(app, "/api/v1/tasks/abc")
+    assert again_rule is rule and again == {"task_id": "abc"}
+    assert _matched(app, "/api/v1/tasks/xyz")[1] == {"task_id": "xyz"}
+    assert _matched(app, "/api/v1/tasks/abc", "DELETE")[0].rule == "/api/v1/tasks/<task_id>"
+    assert len(walks) == 3  # abc (GET), xyz, abc (DELETE): the second GET of abc was remembered
+
+
+def test_refusals_are_not_remembered_and_answers_are_bounded(app):
+    app._adapter_origins.clear()
+    _adapters(app, base_url="http://h/", path="/healthz")
+    for _ in range(2):
+        with pytest.raises(HTTPException) as refused:
+            _matched(app, "/healthz", "POST")
+        assert refused.value.code == 405
+    matches = next(iter(app._adapter_origins.values()))[-1]
+    assert matches == {}
+    for n in range(4200):
+        _matched(app, f"/api/v1/tasks/{n}")
+    assert 0 < len(matches) <= 4096
