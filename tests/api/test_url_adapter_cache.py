@@ -102,9 +102,7 @@ def _matched(app, path, method="GET"):
     return ours.match(return_rule=True)
 
 
-def test_a_remembered_match_skips_werkzeugs_matcher_and_hands_out_fresh_arguments(
-    app, monkeypatch
-):
+def test_a_remembered_match_skips_werkzeugs_matcher_and_hands_out_fresh_arguments(app, monkeypatch):
     app._adapter_origins.clear()
     walks = []
     matcher = app.url_map._matcher
