@@ -349,7 +349,7 @@ LIMITS = [
     "cyclic collector once it has loaded (shared/gc_tuning.py: `gc.freeze()`, the young "
     "generation every 50,000 allocations instead of 700): each waiting client's parked "
     "greenlet and parser outlive their request and filled the older generations, so a "
-    "worker ran a full collection every few seconds, 130-200 ms each (every request it held "
+    "worker ran a full collection every few seconds, 120-220 ms each (every request it held "
     "waited), about a tenth of its CPU.",
     "Memory: resident set (RSS) summed over a process type's processes (gunicorn master and "
     "workers; the prefork parent and children). Per 1,000 open connections is (peak with the "

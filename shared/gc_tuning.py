@@ -6,8 +6,8 @@ keep-alive connection's parser and timeout, a greenlet's frames while it
 waits) are promoted to the older generations, so full collections come every
 few seconds under load. Each walks every tracked object in the process: the
 app's own modules, routes and pools, and every open connection's greenlet. With
-10,000 waiting clients `make bench` saw a web worker spend about a tenth of its
-CPU in the collector, in pauses of 130-200 ms each (each one stalls every
+10,000 waiting clients (the bench's crowd alone) a web worker spent about a tenth of its
+CPU in the collector, in pauses of 120-220 ms each (each one stalls every
 request the worker holds).
 
 `tune_collector`, once a process has loaded everything it keeps for life:
