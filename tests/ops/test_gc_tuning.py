@@ -9,7 +9,7 @@ import sys
 import weakref
 
 import pytest
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from shared.gc_tuning import MIDDLE_THRESHOLD, OLD_THRESHOLD, YOUNG_THRESHOLD, tune_collector
 from tests.support.environment import process_environment
@@ -45,17 +45,44 @@ def test_tuning_freezes_what_is_there_and_still_collects_new_cycles(restored_col
     assert gone() is None
 
 
-def test_every_worker_process_tunes_its_collector(restored_collector):
+def _collections_during(call) -> int:
+    seen = []
+
+    def count(phase, info):
+        if phase == "start":
+            seen.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        call()
+    finally:
+        gc.callbacks.remove(count)
+    return len(seen)
+
+
+@pytest.mark.parametrize(
+    ("signal", "collects"),
+    [
+        (worker_init, True),  # the worker's process, before its pool forks: collect, freeze
+        (worker_process_init, False),  # a prefork child: collecting would copy shared pages
+        (worker_ready, False),  # the worker's process, children forked (all of gevent's tasks)
+    ],
+    ids=["before-fork", "prefork-child", "ready"],
+)
+def test_every_worker_process_tunes_its_collector(restored_collector, signal, collects):
     from workers.factory import wire_process
 
     wire_process()
-    worker_process_init.send(sender=None)  # a prefork child, just forked
-    assert gc.get_threshold() == TUNED
-    gc.unfreeze()
     gc.set_threshold(700, 10, 10)
-    worker_ready.send(sender=None)  # the worker's own process (all of -P gevent's tasks)
+    gc.unfreeze()
+    gc.disable()  # only the handler's own collection may be counted
+    try:
+        collected = _collections_during(lambda: signal.send(sender=None))
+    finally:
+        gc.enable()
     assert gc.get_threshold() == TUNED
     assert gc.get_freeze_count() > 0
+    assert bool(collected) is collects
 
 
 @pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
