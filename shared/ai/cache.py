@@ -273,12 +273,12 @@ def _execute_with(pipe: redis.client.Pipeline, own: int, also: Also | None) -> l
     for reply in replies[:own]:
         if isinstance(reply, Exception):
             raise reply
-    if callable(settle):
-        try:
+    try:
+        if callable(settle):
             replies = settle(replies) or replies
-        except redis.RedisError:
-            log.warning("writes sent with the ai cache lookup failed", exc_info=True)
-    failed = [reply for reply in replies[own:] if isinstance(reply, Exception)]
-    if failed:
-        log.warning("writes sent with the ai cache lookup failed: %s", failed[0])
+        failed = next((reply for reply in replies[own:] if isinstance(reply, Exception)), None)
+    except redis.RedisError as error:
+        failed = error
+    if failed is not None:
+        log.warning("writes sent with the ai cache lookup failed: %s", failed)
     return replies[:own]

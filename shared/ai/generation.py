@@ -26,9 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
-from shared.ai.cache import AICache
+from shared.ai.cache import AICache, Also
 from shared.ai.providers import ProgressCallback, Provider
 from shared.ai.request import AIRequest
 
@@ -40,7 +38,7 @@ def generate(
     *,
     before_upstream: Callable[[], None] | None = None,
     progress: ProgressCallback | None = None,
-    with_lookup: Callable[[redis.client.Pipeline], object] | None = None,
+    with_lookup: Also | None = None,
 ) -> dict[str, Any]:
     """The result for `request` with `provider`, `model` and `from_cache` added.
 
