@@ -230,6 +230,11 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+    # The head and the body go out as two writes; with Nagle's algorithm on,
+    # the body waited for the client's delayed ACK of the head, adding ~40 ms
+    # to every call on a kept-alive connection (a 1 s upstream answered in
+    # ~1.04 s). Servers in front of real APIs set TCP_NODELAY.
+    disable_nagle_algorithm = True
     timeout = 10  # idle keep-alive connections end eventually
     server: _Server
 
