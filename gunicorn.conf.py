@@ -207,6 +207,10 @@ def post_worker_init(worker: Any) -> None:
     # redis-py's per-command "stray data?" check, without a gevent watcher each time.
     native_zero_timeout_poll()
     worker.wsgi = _bounded(worker.wsgi, APP_CONCURRENCY)
+    from shared import accept_balance
+
+    # Connections arriving together spread evenly over the workers (shared/accept_balance.py).
+    accept_balance.install(worker)
 
 
 def _bounded(app: Any, limit: int) -> Any:
@@ -254,8 +258,11 @@ def _bounded(app: Any, limit: int) -> Any:
 
 
 def on_starting(server: Any) -> None:
-    """Raise the open-files limit and give the workers an empty shared metrics directory."""
+    """Raise the open-files limit, make the connection table, give workers a metrics directory."""
     _raise_open_files_limit(server)
+    from shared import accept_balance
+
+    accept_balance.create_table(server.cfg.workers)
     configured = os.environ.get(_METRICS_DIR_VAR)
     if not configured:
         # However `web` is started (the Procfile line alone, a supervisor, a
@@ -288,8 +295,18 @@ def worker_exit(server: Any, worker: Any) -> None:
         metrics.REQUESTS.flush()
 
 
+def pre_fork(server: Any, worker: Any) -> None:
+    """Give the worker about to be forked a slot in the connection table."""
+    from shared import accept_balance
+
+    accept_balance.assign_slot(worker, server.WORKERS.values())
+
+
 def child_exit(server: Any, worker: Any) -> None:
-    """Drop a dead worker's live gauges from the shared Prometheus directory."""
+    """Free a dead worker's connection slot and drop its live gauges from the metrics directory."""
+    from shared import accept_balance
+
+    accept_balance.release_slot(worker)
     if os.environ.get(_METRICS_DIR_VAR):
         from prometheus_client import multiprocess
 
