@@ -332,11 +332,14 @@ LIMITS = [
     "process and back, the tracer).",
     "Latency: dominated by the worker's broker poll wake-up and the job's transactions; "
     "the client's 2 ms poll interval adds up to 2 ms.",
-    "gevent against wrk's 32 connections: each is always busy and stays with whichever of the "
-    "two workers (one per core) accepted it, so a worker's requests queue behind each other "
-    "and the p99 of those rows is long (hundreds of ms) where gthread's is tens; rates and "
-    "CPU per request are the same or better. The waiting-clients rows are the shape `web` "
-    "is sized for.",
+    "gevent against wrk's 32 connections: each is always busy and stays with the worker that "
+    "accepted it. The workers share them evenly (shared/accept_balance.py); before that, 32 "
+    "connections opened at once split as unevenly as 24/8 and a run's rate followed the split "
+    "(9,800 against 11,900 req/s for /health). Within a worker, a connection whose next request "
+    "has already arrived is served again before the worker looks at its other connections, so "
+    "some wait hundreds of ms: the long p99 of these rows, in both apps, where gthread's is "
+    "tens. Yielding after every request evens that out but cost 16-20% of /health's rate, so "
+    "it is not done. The waiting-clients rows are the shape `web` is sized for.",
     "Ten thousand waiting clients: 10,000 clients / ~5 s is about 2,000 polls/s, close to what "
     "the whole box serves (see the poll row), with the client process itself on the same two "
     "cores (its CPU is in the note). The gevent worker keeps an idle connection as a parked "
@@ -361,10 +364,12 @@ LIMITS = [
     "with the AI cache's lookup, the cache counters with the outcome), the lookup (one trip), its "
     "single-flight (the lock taken with the read, released with the store: two trips), the "
     "quota check, the upstream call on a kept-alive http.client connection (httpx's layers cost "
-    "about three times as much per call) and Celery's own per-message work. A fixed 1 s "
-    "upstream makes jobs finish in waves of a hundred, and Celery's consumer (one greenlet) "
-    "refills the slots one message at a time, so the wave's last slot starts a few hundred ms "
-    "after its first: each slot's cycle is the 1 s plus that wait.",
+    "about three times as much per call) and Celery's own per-message work. The fake upstream "
+    "sets TCP_NODELAY: with Nagle's algorithm on, each answer's body had waited ~40 ms for the "
+    "client's delayed ACK of its head. A job's claim to finish then averages 1.016-1.028 s. A "
+    "fixed 1 s upstream makes jobs finish in waves: the first hundred start within ~130 ms of "
+    "each other, each job's few ms of CPU queue behind its wave's in the one process, and the "
+    "slots drift apart, so the last hundred of the 1,000 finish over 0.5-0.7 s.",
     "AI: the upstream's 200 ms caps a slot at 5 jobs/s, so concurrency / 0.2 s at most. With "
     "`worker_prefetch_multiplier=1` the gevent worker (Celery's synchronous consume loop) stops "
     "asking Redis for messages while every slot is busy and looks again only when its 2 s "
