@@ -3,10 +3,13 @@
 All of a web server's workers wait on one listening socket, and when several
 connections arrive together (a proxy opening its pool, a load generator, a
 restart's reconnecting clients) whichever worker wakes first takes most of
-them: 32 connections opened at once were seen split 24/8 and 23/9 over two
-workers. Each connection then stays with its worker for as long as it is kept
-alive, so one worker saturates its core while the other idles, and the same
-load was served at 9,800 req/s on a 24/8 split against 11,900 on 17/15.
+them: 40 connections opened one after another were seen split 2/38 and
+17/23 over two workers, 32 opened at once by a load generator 24/8 and 23/9.
+Each connection then stays with its worker for as long as it is kept alive,
+so one worker saturates its core while the other has spare time; the
+lopsided runs were the slow ones (9,800-10,100 req/s for the naive app's
+/health at 22/10-24/8 against 11,900-12,400 at 16/16-17/15), though an even
+split is not always fast (docs/benchmarks.md).
 
 Here every worker publishes how many connections it holds in a small table the
 arbiter shares with its workers (anonymous shared memory made before the
