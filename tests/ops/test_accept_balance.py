@@ -100,11 +100,13 @@ def test_a_peer_that_does_not_accept_holds_a_connection_back_only_for_the_grace(
 
 def test_a_closed_server_takes_no_share(balanced_server):
     server, table, connect = balanced_server
+    table.counts[1] = 5  # the peer holds more than this worker
     connect()
     _wait_for(lambda: table.counts[0] == 1)
+    assert table.fewest() == 1
     server.close()
     assert table.counts[0] == FREE
-    assert table.fewest() == 0  # the peer's count alone (FREE ignored)
+    assert table.fewest() == 5  # the peer's count alone: a closing worker is no longer the fewest
 
 
 def _worker_pid(connection: http.client.HTTPConnection) -> int:
