@@ -35,7 +35,7 @@ task_default_queue = "maintenance"
 task_routes = job_kinds.task_routes()
 
 # The Redis transport's visibility timeout and lease renewal come from
-# Settings (BROKER_VISIBILITY_TIMEOUT) in workers/app.py; see workers/broker_leases.py.
+# Settings (BROKER_VISIBILITY_TIMEOUT) in workers/app.py; see tuning/broker_leases.py.
 # Results of tasks that store them (the canary) are not needed past a day.
 result_expires = 24 * 3600
 # Fallback limits for any task that does not set its own on the decorator.

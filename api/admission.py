@@ -7,7 +7,7 @@ import logging
 from flask import Flask, current_app
 
 from api.errors import ApiError
-from shared.broker.depth import BrokerUnavailable, QueueDepths
+from infra.broker.depth import BrokerUnavailable, QueueDepths
 
 log = logging.getLogger(__name__)
 

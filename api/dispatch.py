@@ -7,15 +7,11 @@ concurrent submissions at once (shared/jobs/submission.submit_many).
 
 from __future__ import annotations
 
-import json
 import logging
-from functools import lru_cache
 from typing import Any
 
 import redis
 from flask import Flask, Response, current_app, g, request
-from flask.json.provider import DefaultJSONProvider
-from werkzeug.urls import iri_to_uri
 
 from api.admission import ensure_queue_capacity, too_many_inflight
 from api.errors import ApiError
@@ -23,6 +19,7 @@ from api.extensions import resources, submit_batcher
 from api.metrics import JOBS_ACCEPTED
 from shared import jobs
 from shared.jobs.submission import PreparedJob
+from tuning import flask_accepted
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +29,8 @@ FIRST_POLL_SECONDS = 1
 _FIRST_POLL = str(FIRST_POLL_SECONDS)
 # Where a job's status is polled (api/routes/tasks.py: get_task), below the script root.
 TASK_STATUS_PATH = "/api/v1/tasks/"
+# Set by create_app when the `accepted_template` adjustment is on.
+ACCEPTED_TEMPLATE = "conveyor.tuning.accepted_template"
 
 
 def idempotency_key(environ: dict[str, Any]) -> str | None:
@@ -123,16 +122,10 @@ def _accepted(app: Flask, flask_g: Any, kind: str, task_id: str, replayed: bool)
     # mount behind a proxy) plus the route's own prefix. A job id is a UUID,
     # so nothing in it needs quoting or escaping.
     script_root = request.script_root
-    if _plain_json(app):
-        location, url_json = _status_url_parts(script_root)
-        response = _Accepted(
-            f'{{"task_id":"{task_id}","kind":{_json_string(kind)},"state":"PENDING",'
-            f'"status_url":{url_json}{task_id}"}}\n',
-            status=202,
-            mimetype=app.json.mimetype,  # type: ignore[attr-defined]
-        )
-        response.location_uri = location + task_id
-    else:  # a JSON provider configured otherwise (debug's indentation, say) writes it
+    response = None
+    if app.extensions.get(ACCEPTED_TEMPLATE):
+        response = flask_accepted.response(app, script_root, TASK_STATUS_PATH, kind, task_id)
+    if response is None:  # Flask's own path (also for a JSON provider configured otherwise)
         status_url = f"{script_root}{TASK_STATUS_PATH}{task_id}"
         response = app.json.response(
             {"task_id": task_id, "kind": kind, "state": "PENDING", "status_url": status_url}
@@ -146,42 +139,3 @@ def _accepted(app: Flask, flask_g: Any, kind: str, task_id: str, replayed: bool)
     # The poll hint the rate limiter reads back (api/limits.suggest_poll_interval).
     flask_g.poll_interval = FIRST_POLL_SECONDS
     return response
-
-
-class _Accepted(Response):
-    """A 202 whose Location (already a URI) is added as it goes out.
-
-    werkzeug would run every Location through `iri_to_uri` on every response
-    (a URL parse and re-quote); the status URL's part before the job id is
-    converted once per mount point instead (`_status_url_parts`).
-    """
-
-    location_uri = ""
-
-    def get_wsgi_headers(self, environ: dict[str, Any]) -> Any:
-        headers = super().get_wsgi_headers(environ)
-        headers["Location"] = self.location_uri
-        return headers
-
-
-def _plain_json(app: Flask) -> bool:
-    """The app's JSON is what the template writes: compact, keys in order (api/__init__.py)."""
-    provider = app.json
-    return (
-        type(provider) is DefaultJSONProvider
-        and not provider.sort_keys
-        and provider.ensure_ascii
-        and (provider.compact or (provider.compact is None and not app.debug))
-    )
-
-
-@lru_cache(maxsize=256)
-def _status_url_parts(script_root: str) -> tuple[str, str]:
-    """For a mount point: the status URL's prefix as a URI, and as an open JSON string."""
-    prefix = f"{script_root}{TASK_STATUS_PATH}"
-    return iri_to_uri(prefix), json.dumps(prefix)[:-1]
-
-
-@lru_cache(maxsize=64)
-def _json_string(value: str) -> str:
-    return json.dumps(value)

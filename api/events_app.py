@@ -10,7 +10,6 @@ on `web`.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import redis
 from flask import Flask
@@ -20,11 +19,11 @@ from api.errors import register_error_handlers
 from api.hardening import init_hardening
 from api.limits import init_rate_limits
 from api.stream_auth import init_stream_tickets
+from infra.settings import Settings
 from shared.jobs import StatusStore
 from shared.jobs.events import EventHub, StreamKeys
 from shared.jobs.kinds import QUEUES
 from shared.resources import Resources
-from shared.settings import Settings
 
 # Concurrent Redis calls of the stream views; past it a greenlet waits for a
 # connection instead of failing (redis-py's default pool raises when full).
@@ -39,7 +38,6 @@ def create_events_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or Settings.from_env()
     settings.validate()
-    _cooperative_psycopg()
     app = Flask(__name__)
     app.json.sort_keys = False
     res = Resources.build(settings)
@@ -78,17 +76,3 @@ def create_events_app(settings: Settings | None = None) -> Flask:
     init_hardening(app, settings)
     init_rate_limits(app, settings)
     return app
-
-
-def _cooperative_psycopg() -> None:
-    """Route psycopg2's waits through gevent when gunicorn's gevent worker patched sockets.
-
-    The twin of workers/gevent_support.py (the API imports nothing from workers/):
-    without it a stream's row lookup would block every greenlet in the process.
-    """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("socket"):
-        return
-    from psycogreen.gevent import patch_psycopg
-
-    patch_psycopg()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from flask import Flask, current_app
 
-from shared.broker.publish import Publisher
+from infra.broker.messages import Publisher
 from shared.jobs.group_commit import GroupCommit
 from shared.jobs.submission import Outcome, PreparedJob, submit_many
 from shared.resources import Resources

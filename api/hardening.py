@@ -9,7 +9,7 @@ from flask_cors import CORS
 from api import observability
 from api.errors import ApiError
 from api.requests import MAX_BODY_BYTES
-from shared.settings import Settings
+from infra.settings import Settings
 
 # A refused body is read and discarded up to this much, so the client can
 # finish sending and read our 413; past it the connection is simply closed.

@@ -30,7 +30,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from api.errors import ApiError
 from api.security import bearer_identity
 from api.stream_auth import ticket_identity
-from shared.settings import Settings
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 

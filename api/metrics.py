@@ -28,8 +28,8 @@ from sqlalchemy import Engine, event
 
 from api.limits import unlimited
 from api.openapi import PlainText, documented
-from shared.broker.depth import BrokerUnavailable, QueueDepths
-from shared.redis_store import Keys
+from infra.broker.depth import BrokerUnavailable, QueueDepths
+from infra.redis_store import Keys
 
 bp = Blueprint("metrics", __name__)
 log = logging.getLogger(__name__)

@@ -7,14 +7,13 @@ chain of Flask hooks, each looked up and called through Flask's machinery, and
 werkzeug `Headers` updates. The Flask side keeps one `before_request` hook
 (api/__init__.py) that gives views `g.request_id`, leaves the Request and `g`
 where the wrapper finds them, and raises the refusal the wrapper prepared.
-Under gunicorn, the fixed headers are checked once per process (see
-`trust_in_gunicorn`).
+Under gunicorn, the fixed headers are checked once per process
+(tuning/gunicorn_trusted_headers.py).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Iterable
 from random import getrandbits
 from time import perf_counter
@@ -25,8 +24,8 @@ from prometheus_client import CollectorRegistry
 from werkzeug.wsgi import get_content_length
 
 from api import metrics
-from shared import logging_setup, slow_queries
-from shared.broker.depth import create_queue_depths
+from infra import logging_setup, slow_queries
+from infra.broker.depth import create_queue_depths
 from shared.resources import Resources
 
 access_log = logging.getLogger("conveyor.access")
@@ -118,10 +117,11 @@ class RequestHooks:
         self._default_pairs = [pair for _lower, pair in self._defaults]
         self._default_names = frozenset(lower for lower, _pair in self._defaults)
         self._finish = finish
-        # Under gunicorn (its worker imported it before loading the app), let
-        # its Response take these very tuples without re-checking them.
-        if "gunicorn.http.wsgi" in sys.modules:
-            trust_in_gunicorn(self._default_pairs)
+        # Under gunicorn with the adjustment on, its Response takes these very
+        # tuples without re-checking them (tuning/gunicorn_trusted_headers.py).
+        from tuning import gunicorn_trusted_headers
+
+        gunicorn_trusted_headers.trust(self._default_pairs)
 
     def refuse_bodies_over(self, limit: int, refusal: Callable[[], Exception]) -> None:
         """Refuse a request whose Content-Length exceeds `limit` bytes, before any work.
@@ -212,80 +212,3 @@ class RequestHooks:
                 access_log.warning("slow request %s %s", method, route, extra=fields)
             else:
                 access_log.info("%s %s %s", method, route, status, extra=fields)
-
-
-# gunicorn checks every response header against two regular expressions
-# (name and value) and a list of hop-by-hop names, then strips its value: about
-# half a microsecond a header, and the fixed headers above are most of a small
-# response's headers. The same tuples go out on every response, so they are
-# checked once, by gunicorn's own code, and only these objects (by identity,
-# not by value: a header the response built itself is always checked) may
-# then skip it: a response's headers end with them (RequestHooks appends them
-# last), and gunicorn checks the rest as before.
-_TRUSTED: dict[int, tuple[str, str]] = {}
-_ORIGINAL = "_conveyor_original"
-
-
-def trust_in_gunicorn(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Let gunicorn's Response pass these header tuples (these objects) without re-checking them.
-
-    A pair is trusted only if gunicorn's own `process_headers` keeps it
-    unchanged and with no other effect (so never Content-Length, a hop-by-hop
-    header, or anything it would refuse or strip). Returns the trusted pairs.
-    """
-    try:
-        from gunicorn.http import wsgi as gunicorn_wsgi
-    except ImportError:
-        return []
-    response_class = gunicorn_wsgi.Response
-    current = response_class.process_headers
-    original = getattr(current, _ORIGINAL, current)
-    trusted = [pair for pair in pairs if _kept_as_is(original, pair)]
-    for pair in trusted:
-        _TRUSTED[id(pair)] = pair  # held here, so the id is never reused
-    if trusted and current is original:
-        response_class.process_headers = _skipping_trusted(original)
-    return trusted
-
-
-def _kept_as_is(process_headers: Callable[..., None], pair: tuple[str, str]) -> bool:
-    if type(pair) is not tuple or len(pair) != 2 or not all(type(part) is str for part in pair):
-        return False
-    probe = _ResponseProbe()
-    before = dict(vars(probe))
-    try:
-        process_headers(probe, [pair])
-    except Exception:
-        return False
-    after = dict(vars(probe))
-    kept = after.pop("headers")
-    before.pop("headers")
-    return after == before and kept == [pair]
-
-
-class _ResponseProbe:
-    """What gunicorn's process_headers reads and writes on its Response."""
-
-    def __init__(self) -> None:
-        self.headers: list[tuple[str, str]] = []
-        self.response_length: int | None = None
-        self.upgrade = False
-
-
-def _skipping_trusted(original: Callable[..., None]) -> Callable[..., None]:
-    def process_headers(self: Any, headers: Any) -> None:
-        if type(headers) is not list:
-            return original(self, headers)
-        trusted = _TRUSTED
-        end = cut = len(headers)
-        while cut and id(headers[cut - 1]) in trusted:
-            cut -= 1
-        if cut == end:
-            return original(self, headers)
-        original(self, headers[:cut])
-        self.headers.extend(headers[cut:])
-        return None
-
-    setattr(process_headers, _ORIGINAL, original)
-    process_headers.__doc__ = original.__doc__
-    return process_headers

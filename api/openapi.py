@@ -8,6 +8,7 @@ declaration is listed by `undocumented_routes` and fails the test suite.
 
 from __future__ import annotations
 
+import re
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -191,10 +192,15 @@ def _operation(
     return doc
 
 
+# A URL rule's variable as werkzeug writes it: <name>, <converter:name>, <converter(args):name>.
+_RULE_VARIABLE = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+
+
 def _path_schema(rule: Any, name: str) -> dict[str, Any]:
-    converter = rule._converters.get(name)
-    kind = type(converter).__name__ if converter else ""
-    return {"type": "integer"} if kind == "IntegerConverter" else {"type": "string"}
+    for variable in _RULE_VARIABLE.finditer(rule.rule):
+        if variable["name"] == name and variable["converter"] == "int":
+            return {"type": "integer"}
+    return {"type": "string"}
 
 
 def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from api.schemas import PageQuery, Strict
-from shared.webhooks_urls import MAX_URL_LENGTH
+from shared.webhooks.urls import MAX_URL_LENGTH
 
 Event = Literal["job.succeeded", "job.failed"]
 

@@ -205,7 +205,7 @@ def main() -> int:
 
     from bench.report import table
     from bench.stack import BenchDatabase, delete_prefixed_keys
-    from shared.settings import Settings
+    from infra.settings import Settings
 
     run_id = uuid.uuid4().hex[:10]
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")

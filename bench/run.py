@@ -22,7 +22,7 @@ from bench.report import Figure
 from bench.scenarios import PASSWORD, Bench, Options
 from bench.stack import ROOT, BenchDatabase, Processes, delete_prefixed_keys
 from bench.users import create_users
-from shared.settings import Settings
+from infra.settings import Settings
 
 # What one worker_ai (-c 100) can do against a 1 s upstream: 100 slots, 1 job/s each.
 IDEAL_AI = Figure("", "ideal", 100.0, "jobs/s")
@@ -291,15 +291,15 @@ LIMITS = [
     "process share one multi-row INSERT (admission ranked per owner inside the statement, "
     "Idempotency-Key conflicts settled by ON CONFLICT) and one pipelined Redis trip (the "
     "LPUSHes, the PENDING documents, tickets and first events), sent on a connection of the "
-    "publisher's own and packed by hiredis (shared/lean_pipeline.py), each job message filled "
+    "publisher's own and packed by hiredis (tuning/redis_pipelines.py), each job message filled "
     "into a template of its fixed parts; a submit that finds no flush running flushes at "
     "once, so an idle server adds no wait. The web runs one gevent process per core "
     "(WEB_CONCURRENCY's default), so under wrk's 32 connections a flush carries about eight "
     "requests (twice what two processes per core gave). A batch without Idempotency-Keys "
-    "runs as a statement prepared once per connection (shared/prepared.py): planning it had "
+    "runs as a statement prepared once per connection (infra/prepared.py): planning it had "
     "cost PostgreSQL more than the rows. The 202's body and Location are filled into "
     "templates, and gunicorn sends each answer's head and body in one write "
-    "(shared/gunicorn_writes.py, for the naive app too). What remains per request is "
+    "(tuning/gunicorn_one_write.py, for the naive app too). What remains per request is "
     "gunicorn's HTTP parsing, Flask, the per-request hooks, auth and validation; PostgreSQL's "
     "share is the row itself (six indexes, the owner's foreign key, the in-flight count) and "
     "one commit per flush. All of a process's requests tend to land in the same batch, so "
@@ -319,7 +319,7 @@ LIMITS = [
     "Naive baseline: `.delay()` also subscribes the web process to the result's pub/sub "
     "channel (redis result backend), which Conveyor's publish skips (`ignore_result`).",
     "Drain: the Procfile's prefork worker (-c 2) drains ledger.transaction jobs in batches "
-    "(workers/ledger_batches.py): its main process holds the messages that arrive while both "
+    "(tuning/celery_ledger_batches.py): its main process holds the messages that arrive while both "
     "pool processes are busy and hands them over together; a pool process posts a batch with "
     "one database call (conveyor_post_ledger_jobs: one transaction, one commit) and announces "
     "it with one pipelined Redis trip, and the main process acks the batch in one more. What "
@@ -333,7 +333,7 @@ LIMITS = [
     "Latency: dominated by the worker's broker poll wake-up and the job's transactions; "
     "the client's 2 ms poll interval adds up to 2 ms.",
     "gevent against wrk's 32 connections: each is always busy and stays with the worker that "
-    "accepted it. The workers share them evenly (shared/accept_balance.py); before that, 32 "
+    "accepted it. The workers share them evenly (tuning/gunicorn_balance.py); before that, 32 "
     "connections opened at once split as unevenly as 24/8 and a run's rate followed the split "
     "(9,800 against 11,900 req/s for /health). Within a worker, a connection whose next request "
     "has already arrived is served again before the worker looks at its other connections, so "
@@ -349,7 +349,7 @@ LIMITS = [
     "with 4 threads per worker, so under this load requests queue behind busy threads. A "
     "listen backlog of 4,096 keeps the SYNs of clients connecting at once (gunicorn's 2,048 "
     "dropped some, and a dropped SYN waits 1, 3, 7 s to retry). Every process tunes CPython's "
-    "cyclic collector once it has loaded (shared/gc_tuning.py: `gc.freeze()`, the young "
+    "cyclic collector once it has loaded (tuning/collector.py: `gc.freeze()`, the young "
     "generation every 50,000 allocations instead of 700): each waiting client's parked "
     "greenlet and parser outlive their request and filled the older generations, so a "
     "worker ran a full collection every few seconds, 120-220 ms each (every request it held "

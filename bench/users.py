@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from infra.db import create_db_engine, create_session_factory
+from infra.settings import Settings
 from shared import accounts
-from shared.db import create_db_engine, create_session_factory
-from shared.settings import Settings
 
 # The same scrypt code path at a tiny cost: these passwords are never used to log in.
 CHEAP_HASH = "scrypt:1024:8:1"

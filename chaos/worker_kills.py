@@ -13,8 +13,8 @@ from chaos import invariants, scenario
 from chaos.load import Load, fund_users, plan
 from chaos.scenario import Context, Result
 from chaos.stack import Conveyor, RedisServer, child_pids, conveyor_env
-from shared.broker.inflight import broker_task_ids
-from shared.settings import Settings
+from infra.broker.inflight import broker_task_ids
+from infra.settings import Settings
 
 NAME = "worker-kills"
 JOBS = 2400

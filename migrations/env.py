@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from shared.db import create_db_engine
+from infra.db import create_db_engine
+from infra.settings import Settings, normalize_database_url
 from shared.models import Base
-from shared.settings import Settings, normalize_database_url
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logging", True):

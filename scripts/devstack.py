@@ -21,8 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 from honcho.environ import parse as parse_dotenv
 from honcho.environ import parse_procfile
 
+from infra.settings import ROOT, VAR_DIR, ConfigError, Settings
 from scripts.embedded_redis import LOOPBACK, EmbeddedRedis, EmbeddedRedisError, answers_ping
-from shared.settings import ROOT, VAR_DIR, ConfigError, Settings
 
 LOCAL_REDIS_PORT = 6379
 EMBEDDED_REDIS_PORT = 6380

@@ -7,7 +7,7 @@ import sys
 from alembic import command
 from alembic.config import Config
 
-from shared.settings import ROOT, VAR_DIR, Settings
+from infra.settings import ROOT, VAR_DIR, Settings
 
 
 def alembic_config(url: str | None = None, *, configure_logging: bool = True) -> Config:

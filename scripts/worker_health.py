@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
     args = parser.parse_args(argv)
 
-    from shared.settings import Settings
+    from infra.settings import Settings
     from workers.factory import create_celery_app
 
     # A command-line entry point: it reads the environment, as the worker does.

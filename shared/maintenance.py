@@ -20,8 +20,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy import true as sa_true
 from sqlalchemy.orm import Session, sessionmaker
 
+from infra.broker.inflight import InFlight
 from shared import jobs
-from shared.broker.inflight import InFlight
 from shared.jobs import JobError, isoformat, utcnow
 from shared.jobs.lifecycle import announce_outcome
 from shared.jobs.status import publish as publish_status

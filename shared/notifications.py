@@ -8,8 +8,8 @@ from typing import Any
 
 import redis
 
+from infra.redis_store import Keys
 from shared.jobs import isoformat, utcnow
-from shared.redis_store import Keys
 
 
 class Notifications:

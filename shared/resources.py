@@ -10,14 +10,14 @@ import redis
 from sqlalchemy import Engine, event, exc
 from sqlalchemy.orm import sessionmaker
 
+from infra.db import create_db_engine, create_session_factory
+from infra.redis_store import Keys, create_redis
+from infra.settings import Settings
+from infra.slow_queries import SlowQueryLog, instrument_engine
 from shared.accounts import PasswordHasher, TokenVerifier
-from shared.cache import Cache
-from shared.db import create_db_engine, create_session_factory
+from shared.caches.store import Cache
 from shared.jobs import StatusStore
 from shared.notifications import Notifications
-from shared.redis_store import Keys, create_redis
-from shared.settings import Settings
-from shared.slow_queries import SlowQueryLog, instrument_engine
 
 # The autocommit pool: at most this many connections per process, all kept
 # once opened. (It was 5 kept + 10 overflow, the same 15 at most, but a

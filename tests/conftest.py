@@ -15,7 +15,7 @@ import pytest
 import redis
 from psycopg2 import sql
 
-from shared.settings import Settings
+from infra.settings import Settings
 from tests.support.environment import (
     ADMIN_DSN,
     DB_NAME,
@@ -107,7 +107,7 @@ def celery_app(settings: Settings):
     # What the worker entry point (workers/app.py) does for its process.
     celery.set_current()
     celery.set_default()
-    wire_process()
+    wire_process(settings)
     celery.loader.import_default_modules()
     return celery
 
@@ -140,7 +140,7 @@ def _no_jobs_left_on_shared_queues(redis_client: redis.Redis) -> Iterator[None]:
     later module's worker would run them, and results would depend on order.
     Torn down after the module's own worker fixtures (autouse comes first).
     """
-    from shared.broker import keys
+    from infra.broker import keys
     from shared.jobs.kinds import QUEUES
 
     def clear() -> None:

@@ -14,12 +14,12 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from infra.broker.config import delayable_countdown
 from shared import jobs
-from shared.broker.config import delayable_countdown
 from shared.jobs import ClaimedJob, JobError
 from shared.jobs import status as job_status
+from shared.jobs.claims import finish_job
 from shared.jobs.lifecycle import announce_outcome
-from shared.jobs.records import finish_job
 from shared.jobs.status_scripts import StatusPipeline
 from shared.resources import Resources
 from workers.runtime import resources

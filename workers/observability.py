@@ -33,7 +33,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from shared import logging_setup
+from infra import logging_setup
 
 log = logging.getLogger("conveyor.tasks")
 
@@ -67,7 +67,7 @@ def task_metrics() -> dict[str, Any]:
 
 @functools.cache
 def batch_metrics() -> dict[str, Any]:
-    """Metrics of the ledger worker's batches (workers/ledger_batches.py)."""
+    """Metrics of the ledger worker's batches (tuning/celery_ledger_batches.py)."""
     from prometheus_client import Histogram
 
     return {
@@ -202,24 +202,20 @@ def _worker_init(sender: Any = None, **_kwargs: Any) -> None:
         # files in a directory private to this worker and fresh on every start.
         _metrics_dir = tempfile.mkdtemp(prefix="conveyor-worker-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
-    _choose_value_class()
+    _choose_value_class(sender.app.conf.conveyor_settings)
     start_metrics_server(port, multiprocess_dir=_metrics_dir)
     log.info("task metrics on :%s (%s)", port, "multiprocess" if _metrics_dir else "in-process")
 
 
-def _choose_value_class() -> None:
-    """Make metrics created from now on follow the mode chosen above.
+def _choose_value_class(settings: Any) -> None:
+    """Make metrics created from now on follow the mode chosen above (tuning/prometheus_mode.py)."""
+    import tuning
 
-    prometheus_client picks per-process or file-backed values once, when it is
-    first imported, from PROMETHEUS_MULTIPROC_DIR. The celery command imports
-    it before any worker code runs (flower's CLI plugin loads with every
-    `celery` command), so without this prefork children counted into
-    in-process values nobody scrapes. Our task metrics are created lazily,
-    after this point; `get_value_class` is the library's own chooser.
-    """
-    from prometheus_client import values
+    if tuning.enabled(settings, "prometheus_mode"):
+        from tuning import prometheus_mode
 
-    values.ValueClass = values.get_value_class()
+        prometheus_mode.follow_environment()
+        tuning.applied("prometheus_mode")
 
 
 def _child_exit(pid: int | None = None, **_kwargs: Any) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import worker_process_init
 
-from shared.broker.publish import Publisher, build_publisher
-from shared.gc_tuning import tune_collector
+from infra.broker.publish import Publisher, build_publisher
+from infra.settings import Settings
+from shared.jobs.kinds import QUEUES
 from shared.resources import Resources
-from shared.settings import Settings
 
 _lock = threading.Lock()
 _resources: dict[Settings, Resources] = {}
@@ -33,7 +33,7 @@ def publisher(app: Celery) -> Publisher:
     with _lock:
         found = _publishers.get(settings)
         if found is None:
-            found = _publishers[settings] = build_publisher(settings)
+            found = _publishers[settings] = build_publisher(settings, QUEUES)
         return found
 
 
@@ -53,26 +53,8 @@ def _after_fork(**_kwargs: object) -> None:
     with _lock:
         _resources.clear()
         _publishers.clear()
-    # A prefork child: the parent collected and froze before forking it, and
-    # a collection here would copy every page it still shares with it.
-    tune_collector(collect=False)
-
-
-def _before_pool(**_kwargs: object) -> None:
-    # The worker's own process, before a prefork pool forks its children:
-    # the one moment a full collection copies nothing.
-    tune_collector()
-
-
-def _ready(**_kwargs: object) -> None:
-    # The worker's own process, its pool started: the consumer and, under
-    # -P gevent, every task (shared/gc_tuning.py: about a seventh less CPU per
-    # AI job, 1 s upstream). Prefork children share its pages: no collection.
-    tune_collector(collect=False)
 
 
 def install() -> None:
-    """Forget inherited connections in every prefork child; tune the collector in every process."""
+    """Forget inherited connections in every prefork child."""
     worker_process_init.connect(_after_fork, weak=False, dispatch_uid="conveyor.runtime.fork")
-    worker_init.connect(_before_pool, weak=False, dispatch_uid="conveyor.runtime.init")
-    worker_ready.connect(_ready, weak=False, dispatch_uid="conveyor.runtime.ready")

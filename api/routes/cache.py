@@ -10,7 +10,7 @@ from api.requests import parse_body
 from api.responses import JobAccepted
 from api.schemas import CacheWarmRequest
 from api.security import require_admin
-from shared.warming import TARGETS
+from shared.caches.warming import TARGETS
 
 bp = Blueprint("cache", __name__, url_prefix="/api/v1")
 

@@ -1,20 +1,13 @@
 """Following jobs: stream tickets, and Server-Sent Events for one job or all of the caller's.
 
-A stream replays the log since `Last-Event-ID` (header, or `last_event_id`
-query; from the start without one), then, on the `events` process, stays open
-and pushes live events from the process's one reader (`EventHub`), with a
-keep-alive comment when idle; a job's stream closes after its terminal event.
-The web process serves the same routes as replay-and-close (no hub, no
-long-held request thread): the client reconnects after `retry` with its
-Last-Event-ID, so nothing is lost if a balancer sends a stream there.
+The stream itself (replay, live, the end) is shared/jobs/streams.py; on the
+`events` process it stays open on the process's one reader (`EventHub`), on
+`web` it replays and closes and the client reconnects with its Last-Event-ID.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -30,16 +23,8 @@ from api.security import current_identity, require_auth
 from api.stream_auth import require_stream_auth, tickets
 from shared import jobs
 from shared.jobs import status as job_status
-from shared.jobs.events import (
-    RESYNC,
-    Event,
-    EventHub,
-    EventLog,
-    StreamKeys,
-    Subscription,
-    is_event_id,
-    newer,
-)
+from shared.jobs.events import EventLog, StreamKeys, is_event_id
+from shared.jobs.streams import JobStream, job_stream_ending
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
 log = logging.getLogger(__name__)
@@ -61,8 +46,6 @@ SSE = PlainText(
         ),
     ),
 )
-# How long a client waits before reconnecting after a stream ends or breaks.
-RECONNECT_MS = 2000
 
 
 class StreamQuery(BaseModel):
@@ -107,23 +90,16 @@ def task_events(task_id: str) -> Response:
     job_id = jobs.parse_job_id(task_id)
     if job_id is None:
         raise not_found()
-    res = resources()
-    try:
-        live = res.statuses.read(str(job_id), owner_id)
-    except redis.RedisError:
-        live = None
-    status = job_status.current(res.statuses, res.sessions, job_id, owner_id, live)
+    status = _current_status(str(job_id), owner_id)
     if status is None:
         raise not_found()
-    stream = _Stream(job_id=str(job_id), owner_id=owner_id, after=after)
+    stream = _stream(str(job_id), owner_id, after)
     replay = stream.open()
-    finished = status["state"] in jobs.TERMINAL
-    if finished and after is not None and not replay:
+    nothing_new, ending = job_stream_ending(status, replay, after)
+    if nothing_new:
         stream.close()
         return Response(status=204, mimetype="text/event-stream")
-    # The log may lack the end (expired, or written while Redis was down): the row decides.
-    ending = status if finished and not any(_is_terminal(e) for e in replay) else None
-    return stream.response(replay, ending)
+    return _response(stream, replay, ending)
 
 
 @bp.get("/events")
@@ -136,8 +112,8 @@ def task_events(task_id: str) -> Response:
 )
 @require_stream_auth
 def user_events() -> Response:
-    stream = _Stream(job_id=None, owner_id=current_identity().user_id, after=last_event_id())
-    return stream.response(stream.open(), None)
+    stream = _stream(None, current_identity().user_id, last_event_id())
+    return _response(stream, stream.open(), None)
 
 
 def last_event_id() -> str | None:
@@ -152,120 +128,39 @@ def last_event_id() -> str | None:
     return header or query.last_event_id
 
 
-def frame(event: Event) -> str:
-    return f"id: {event.id}\nevent: {event.type}\ndata: {event.data}\n\n"
+def _current_status(job_id: str, owner_id: int) -> dict[str, Any] | None:
+    """The job's status (live document, else the row); None when it is not the caller's."""
+    res = resources()
+    try:
+        live = res.statuses.read(job_id, owner_id)
+    except redis.RedisError:
+        live = None
+    return job_status.current(res.statuses, res.sessions, jobs.parse_job_id(job_id), owner_id, live)
 
 
-def _is_terminal(event: Event) -> bool:
-    return event.type == "state" and json.loads(event.data).get("state") in jobs.TERMINAL
+def _stream(job_id: str | None, owner_id: int, after: str | None) -> JobStream:
+    res = resources()
 
-
-class _Stream:
-    """One client's stream: subscribed before the replay is read, so nothing falls between."""
-
-    def __init__(self, *, job_id: str | None, owner_id: int, after: str | None) -> None:
-        res = resources()
-        self.job_id = job_id
-        self.owner_id = owner_id
-        self.after = after
-        self.log = EventLog(res.redis, StreamKeys(res.keys.prefix))
-        self.hub: EventHub | None = current_app.extensions.get("conveyor.event_hub")
-        self.keepalive = res.settings.events_keepalive_seconds
-        self.check_row: Callable[[], dict[str, Any] | None] = _row_check(res, job_id, owner_id)
-        self.sub: Subscription | None = None
-
-    def open(self) -> list[Event]:
-        """Subscribe (on the events process), then read the log since `after`."""
-        if self.hub is not None:
-            self.sub = self.hub.subscribe(job_id=self.job_id, owner_id=None
-                                          if self.job_id else self.owner_id)  # fmt: skip
-        try:
-            return self._replay()
-        except BaseException:
-            self.close()
-            raise
-
-    def _replay(self) -> list[Event]:
-        if self.job_id is not None:
-            return self.log.job_events(self.job_id, self.after)
-        return self.log.user_events(self.owner_id, self.after)
-
-    def close(self) -> None:
-        if self.sub is not None and self.hub is not None:
-            self.hub.unsubscribe(self.sub)
-            self.sub = None
-
-    def response(self, replay: list[Event], ending: dict[str, Any] | None) -> Response:
-        response = Response(self._frames(replay, ending), mimetype="text/event-stream")
-        # Proxies (nginx) must pass each event on at once, not buffer the stream.
-        response.headers["X-Accel-Buffering"] = "no"
-        response.call_on_close(self.close)
-        return response
-
-    def _frames(self, replay: list[Event], ending: dict[str, Any] | None) -> Iterator[str]:
-        yield f"retry: {RECONNECT_MS}\n\n"
-        if (yield from self._send(replay)):
-            return
-        if ending is not None:
-            # No id: the log has no such event, so there is nothing to resume after.
-            yield f"event: state\ndata: {json.dumps(ending, separators=(',', ':'))}\n\n"
-            return
-        if self.sub is None:
-            return  # web: replay and close; the client reconnects with its Last-Event-ID
-        yield from self._live(self.sub)
-
-    def _send(self, events: list[Event]) -> Iterator[str]:
-        """Frames for `events` newer than the last one sent; returns True after a job's end."""
-        for event in newer(events, self.after):
-            yield frame(event)
-            self.after = event.id
-            if self.job_id is not None and _is_terminal(event):
-                return True
-        return False
-
-    def _live(self, sub: Subscription) -> Iterator[str]:
-        quiet_since = time.monotonic()
-        behind = False  # Redis came back but our re-read failed: try again at the next tick
-        while True:
-            item = sub.get(self.keepalive)
-            if item is None:
-                yield ": keep-alive\n\n"
-                ending = None
-                if time.monotonic() - quiet_since > job_status.STALE_AFTER.total_seconds():
-                    # At most once a minute per quiet stream: it may read the row.
-                    ending, quiet_since = self.check_row(), time.monotonic()
-                if ending is not None:
-                    yield f"event: state\ndata: {json.dumps(ending, separators=(',', ':'))}\n\n"
-                    return
-                if not behind:
-                    continue
-            events: list[Event] = []
-            if item == RESYNC or behind:
-                try:
-                    events, behind = self._replay(), False
-                except redis.RedisError:
-                    behind = True
-            elif isinstance(item, Event):
-                events = [item]
-            if events:
-                quiet_since = time.monotonic()
-            if (yield from self._send(events)):
-                return
-
-
-def _row_check(res: Any, job_id: str | None, owner_id: int) -> Callable[[], dict[str, Any] | None]:
-    """For a quiet job stream: the job's status if the row says it ended (its event was lost)."""
-
-    def check() -> dict[str, Any] | None:
+    def check_row() -> dict[str, Any] | None:
         if job_id is None:
             return None
-        try:
-            live = res.statuses.read(job_id, owner_id)
-        except redis.RedisError:
-            live = None
-        status = job_status.current(
-            res.statuses, res.sessions, jobs.parse_job_id(job_id), owner_id, live
-        )
+        status = _current_status(job_id, owner_id)
         return status if status is not None and status["state"] in jobs.TERMINAL else None
 
-    return check
+    return JobStream(
+        log=EventLog(res.redis, StreamKeys(res.keys.prefix)),
+        hub=current_app.extensions.get("conveyor.event_hub"),
+        job_id=job_id,
+        owner_id=owner_id,
+        after=after,
+        keepalive_seconds=res.settings.events_keepalive_seconds,
+        check_row=check_row,
+    )
+
+
+def _response(stream: JobStream, replay: list[Any], ending: dict[str, Any] | None) -> Response:
+    response = Response(stream.frames(replay, ending), mimetype="text/event-stream")
+    # Proxies (nginx) must pass each event on at once, not buffer the stream.
+    response.headers["X-Accel-Buffering"] = "no"
+    response.call_on_close(stream.close)
+    return response

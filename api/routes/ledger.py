@@ -13,7 +13,7 @@ from api.requests import parse_body, parse_query
 from api.responses import JobAccepted, LedgerPage, Wallet
 from api.schemas import PageQuery, RandomTransactionsRequest, TransactionRequest
 from api.security import current_identity, require_auth
-from shared import wallet_cache
+from shared.ledger import wallet_cache
 
 bp = Blueprint("ledger", __name__, url_prefix="/api/v1")
 

@@ -10,7 +10,7 @@ from api.errors import ApiError
 from api.extensions import resources
 from api.openapi import documented
 from api.security import require_admin
-from shared.slow_queries import SlowQueryLog
+from infra.slow_queries import SlowQueryLog
 
 bp = Blueprint("system", __name__, url_prefix="/api/v1/system")
 

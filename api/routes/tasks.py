@@ -15,7 +15,6 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from api.errors import ApiError, not_found
 from api.extensions import resources
-from api.lean_redis import LeanReads
 from api.limits import poll_limited, suggest_poll_interval
 from api.openapi import documented
 from api.requests import parse_query
@@ -24,12 +23,13 @@ from api.schemas import TaskListQuery
 from api.security import current_identity, require_auth
 from shared import jobs
 from shared.jobs import status as job_status
+from tuning.redis_reads import LeanReads
 
 bp = Blueprint("tasks", __name__, url_prefix="/api/v1/tasks")
 log = logging.getLogger(__name__)
 
 # The status store polls read from: the app's own, over `LeanReads` (one HMGET
-# without redis-py's per-command overhead; api/lean_redis.py).
+# without redis-py's per-command overhead; tuning/redis_reads.py).
 POLL_STATUSES = "conveyor.poll_statuses"
 
 

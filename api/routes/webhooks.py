@@ -18,7 +18,7 @@ from api.webhook_schemas import (
     WebhookList,
 )
 from shared import webhooks
-from shared.webhooks_urls import UnsafeWebhookUrl, check_url
+from shared.webhooks.urls import UnsafeWebhookUrl, check_url
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks")
 

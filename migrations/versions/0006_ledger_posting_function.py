@@ -2,7 +2,7 @@
 
 One call applies a list of `ledger.transaction` jobs in one transaction (one
 round trip, one commit), each job with its own outcome; see
-shared/job_posting.py for what the function guarantees and how it is used.
+shared/ledger/job_posting.py for what the function guarantees and how it is used.
 PostgreSQL only: on SQLite (development) workers take the general path.
 
 Revision ID: 0006_ledger_posting_function

@@ -2,7 +2,7 @@
 
 - `request`: `AIRequest` (normalised, validated) and `AIRequestError`.
 - `errors`: `AIError` with stable codes and retry hints.
-- `providers`: the `Provider` protocol, `OfflineProvider`, `OpenAIProvider`,
+- `provider`: the `Provider` protocol; `providers`: `OfflineProvider`, `OpenAIProvider`,
   `build_provider(settings)` and `retry_delay`.
 - `cache`: `AICache`, the Redis result cache with single-flight.
 - `quota`: the per-user daily upstream-call quota.

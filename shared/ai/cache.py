@@ -37,7 +37,7 @@ from shared.ai.request import AIRequest, AIRequestError
 from shared.locks import SingleFlight
 
 if TYPE_CHECKING:
-    from shared.settings import Settings
+    from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.ai.cache import AICache, Also
-from shared.ai.providers import ProgressCallback, Provider
+from shared.ai.provider import ProgressCallback, Provider
 from shared.ai.request import AIRequest
 
 

@@ -15,8 +15,8 @@ from xml.sax.saxutils import escape
 
 from shared.ai.request import AIRequest
 
-if TYPE_CHECKING:  # providers imports this module; the alias is for annotations only
-    from shared.ai.providers import ProgressCallback
+if TYPE_CHECKING:
+    from shared.ai.provider import ProgressCallback
 
 _WORD = re.compile(r"[^\W\d_][\w'-]*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

@@ -27,8 +27,8 @@ from shared.ai.request import AIRequest
 from shared.ai.retry import parse_retry_after
 from shared.ai.upstream_http import KeepAliveConnections, TransportErrors
 
-if TYPE_CHECKING:  # providers imports this module; the alias is for annotations only
-    from shared.ai.providers import ProgressCallback
+if TYPE_CHECKING:
+    from shared.ai.provider import ProgressCallback
 
 _TEXT_INSTRUCTIONS = {
     "summarize": "Summarize the user's text concisely, keeping the key facts.",

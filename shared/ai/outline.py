@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from shared.ai.errors import AIError
 from shared.ai.request import AIRequest
 
-if TYPE_CHECKING:  # providers imports this module; the alias is for annotations only
-    from shared.ai.providers import ProgressCallback
+if TYPE_CHECKING:
+    from shared.ai.provider import ProgressCallback
 
 MAX_BULLETS = 8
 # The slice of the 0-100 progress bar that card validation fills; the caller

@@ -19,7 +19,7 @@ one commit (autocommit), one round trip. Per row, in that statement:
   invariant.
 
 A batch without Idempotency-Keys (the usual one) takes a smaller statement,
-prepared once per connection (shared/prepared.py): planning the statement
+prepared once per connection (infra/prepared.py): planning the statement
 cost the server more than inserting a dozen rows. Its plan is made once and
 kept, so it must not depend on how big `jobs` was at that moment: the
 owner's count is a per-row (LATERAL) lookup, planned with sequential scans
@@ -36,8 +36,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from infra.prepared import PreparedStatement
 from shared.jobs.model import UNFINISHED_SQL
-from shared.prepared import PreparedStatement
 
 
 @dataclass(frozen=True)

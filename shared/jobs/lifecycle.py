@@ -66,7 +66,7 @@ def queue_outcome(
 ) -> None:
     """Queue on `pipe` what `announce_outcome` sends: the document, its notification and events.
 
-    For a caller that announces several jobs in one trip (workers/ledger_batches.py).
+    For a caller that announces several jobs in one trip (tuning/celery_ledger_batches.py).
     """
     statuses.write(owner_id, status, pipe=pipe)
     outcome = _OUTCOMES.get(status["state"])

@@ -1,41 +1,35 @@
-"""Job rows: admission, claim, completion, cancel and reads, each one conditional statement.
+"""Job rows as the API sees them: admission, reads and cancel, each one conditional statement.
 
 The database row is the truth about a job. Every transition is a conditional
 UPDATE on the unfinished states, so a cancelled or finished job cannot be
-moved again, and two deliveries of one job cannot both complete it.
+moved again; a worker's claim and finish are shared/jobs/claims.py.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import JSON, Connection, and_, bindparam, exists, func, literal, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from shared.jobs.kinds import KIND_QUEUES
 from shared.jobs.model import (
     UNFINISHED,
-    UNFINISHED_SQL,
-    ClaimedJob,
     IdempotencyKeyReused,
     JobAlreadyFinished,
-    JobError,
     JobNotFound,
     Submission,
     TooManyInflightJobs,
     status_from_row,
     utcnow,
 )
-from shared.models import Job, WebhookEndpoint
-from shared.prepared import PreparedStatement
+from shared.models import Job
 
-_STATUS_COLUMNS = (
+STATUS_COLUMNS = (
     Job.id,
     Job.owner_id,
     Job.kind,
@@ -118,7 +112,7 @@ def create_job(
         if conn.execute(statement, bound).first() is not None:
             return Submission(status_from_row(_Row(values)), replayed=False)
         existing = conn.execute(
-            select(*_STATUS_COLUMNS, Job.request_hash).where(
+            select(*STATUS_COLUMNS, Job.request_hash).where(
                 Job.owner_id == owner_id, Job.idempotency_key == idempotency_key
             )
         ).first()
@@ -183,7 +177,7 @@ def _aware(moment: datetime) -> datetime:
 def get_status(session: Session, job_id: uuid.UUID, owner_id: int) -> dict[str, Any] | None:
     """The status document from the row, or None when this owner has no such job."""
     row = session.execute(
-        select(*_STATUS_COLUMNS).where(Job.id == job_id, Job.owner_id == owner_id)
+        select(*STATUS_COLUMNS).where(Job.id == job_id, Job.owner_id == owner_id)
     ).first()
     return status_from_row(row) if row else None
 
@@ -206,7 +200,7 @@ def list_jobs(
     where = and_(*conditions)
     total = session.scalar(select(func.count()).select_from(Job).where(where)) or 0
     rows = session.execute(
-        select(*_STATUS_COLUMNS)
+        select(*STATUS_COLUMNS)
         .where(where)
         .order_by(Job.created_at.desc(), Job.id.desc())
         .offset((page - 1) * limit)
@@ -222,7 +216,7 @@ def cancel_job(session: Session, job_id: uuid.UUID, owner_id: int) -> dict[str, 
         update(Job)
         .where(Job.id == job_id, Job.owner_id == owner_id, Job.state.in_(UNFINISHED))
         .values(state="REVOKED", message="cancelled", updated_at=now, finished_at=now)
-        .returning(*_STATUS_COLUMNS)
+        .returning(*STATUS_COLUMNS)
     ).first()
     if row is not None:
         return status_from_row(row)
@@ -230,222 +224,3 @@ def cancel_job(session: Session, job_id: uuid.UUID, owner_id: int) -> dict[str, 
     if current is None:
         raise JobNotFound(str(job_id))
     raise JobAlreadyFinished(current)
-
-
-# The worker's per-job statements, built once: each runs as one statement on an
-# autocommit connection (or inside a caller's transaction). On the Table, not
-# the ORM entity, so a Session runs them as plain Core statements (the ORM's
-# bulk-update path cost more CPU than the round trip itself; `make bench`'s AI
-# rows, py-spy), and a built statement reuses its compiled form and cache key.
-_JOBS = Job.__table__
-_UNFINISHED_STATE = _JOBS.c.state.in_([literal(state) for state in UNFINISHED])
-_CLAIMED_COLUMNS = (
-    _JOBS.c.id,
-    _JOBS.c.owner_id,
-    _JOBS.c.kind,
-    _JOBS.c.params,
-    _JOBS.c.attempts,
-    _JOBS.c.created_at,
-    _JOBS.c.expires_at,
-)
-_CLAIM = (
-    update(_JOBS)
-    .where(_JOBS.c.id == bindparam("job_id"), _UNFINISHED_STATE)
-    .values(
-        state="STARTED",
-        message="started",
-        attempts=_JOBS.c.attempts + 1,
-        started_at=func.coalesce(
-            _JOBS.c.started_at, bindparam("now", type_=_JOBS.c.started_at.type)
-        ),
-        updated_at=bindparam("now", type_=_JOBS.c.updated_at.type),
-    )
-    .returning(*_CLAIMED_COLUMNS)
-)
-_FINISH_VALUES = ("state", "message", "error_code", "error_message")
-# A bound None is SQL NULL, as `values(result=None)` wrote it (JSON's default is 'null').
-_RESULT_TYPE = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
-_FINISH = (
-    update(_JOBS)
-    .where(_JOBS.c.id == bindparam("job_id"), _UNFINISHED_STATE)
-    .values(
-        {name: bindparam(f"new_{name}", type_=_JOBS.c[name].type) for name in _FINISH_VALUES}
-        | {
-            "result": bindparam("new_result", type_=_RESULT_TYPE),
-            # 100 on SUCCESS; a FAILURE (new_progress NULL) keeps the last reported one.
-            "progress": func.coalesce(
-                bindparam("new_progress", type_=_JOBS.c.progress.type), _JOBS.c.progress
-            ),
-            "updated_at": bindparam("now", type_=_JOBS.c.updated_at.type),
-            "finished_at": bindparam("now", type_=_JOBS.c.finished_at.type),
-        }
-    )
-    .returning(
-        *(_JOBS.c[column.key] for column in _STATUS_COLUMNS),
-        # Whether the owner has any webhook endpoint: only then is the outbox
-        # asked (a transaction of its own) to record the outcome's deliveries.
-        exists()
-        .where(WebhookEndpoint.__table__.c.owner_id == _JOBS.c.owner_id)
-        .label("has_webhooks"),
-    )
-)
-_MARK_STATE = (
-    update(_JOBS)
-    .where(_JOBS.c.id == bindparam("job_id"), _UNFINISHED_STATE)
-    .values(
-        state=bindparam("new_state", type_=_JOBS.c.state.type),
-        message=bindparam("new_message", type_=_JOBS.c.message.type),
-        updated_at=bindparam("now", type_=_JOBS.c.updated_at.type),
-    )
-)
-
-
-# The same claim and finish on a PostgreSQL connection, prepared once per
-# connection (shared/prepared.py): a worker runs them for every job, and each
-# would otherwise be parsed by the server and compiled, bound and read back by
-# SQLAlchemy. Planned afresh on every run (a custom plan): one plan kept from
-# while `jobs` was empty could scan an index whole for the one row (the
-# partial index of unfinished jobs matches the state condition too).
-_LOOKUP_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
-_CLAIM_PREPARED = PreparedStatement(
-    "conveyor_claim_job",
-    f"""
-UPDATE jobs SET state = 'STARTED', message = 'started', attempts = attempts + 1,
-       started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
-WHERE id = %(job_id)s AND state IN ({UNFINISHED_SQL})
-RETURNING id, owner_id, kind, params, attempts, created_at, expires_at
-""",  # noqa: S608
-    types={"job_id": "uuid", "now": "timestamptz"},
-    settings=_LOOKUP_SETTINGS,
-)
-_FINISH_PREPARED = PreparedStatement(
-    "conveyor_finish_job",
-    f"""
-UPDATE jobs SET state = %(new_state)s, message = %(new_message)s,
-       error_code = %(new_error_code)s, error_message = %(new_error_message)s,
-       result = %(new_result)s, progress = coalesce(%(new_progress)s, progress),
-       updated_at = %(now)s, finished_at = %(now)s
-WHERE id = %(job_id)s AND state IN ({UNFINISHED_SQL})
-RETURNING {", ".join(column.key for column in _STATUS_COLUMNS)},
-       EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.owner_id = jobs.owner_id)
-           AS has_webhooks
-""",  # noqa: S608
-    types={
-        "job_id": "uuid",
-        "now": "timestamptz",
-        "new_state": "varchar",
-        "new_message": "varchar",
-        "new_error_code": "varchar",
-        "new_error_message": "varchar",
-        "new_result": "jsonb",
-        "new_progress": "smallint",
-    },
-    settings=_LOOKUP_SETTINGS,
-)
-
-
-def _prepared(conn: Connection | Session) -> bool:
-    """A PostgreSQL connection (not a session, nor SQLite): the prepared statements apply."""
-    return isinstance(conn, Connection) and conn.dialect.name == "postgresql"
-
-
-class FinishedJob(NamedTuple):
-    """A job `finish_job` just ended: its status document, and whether webhooks may apply."""
-
-    status: dict[str, Any]
-    has_webhooks: bool
-
-
-def claim(conn: Connection | Session, job_id: uuid.UUID) -> ClaimedJob | None:
-    """Mark the job STARTED for a new attempt; None when it is finished or cancelled.
-
-    One statement: on an autocommit connection it needs no BEGIN/COMMIT trips.
-    """
-    if _prepared(conn):
-        values = {"job_id": str(job_id), "now": utcnow()}
-        row = _CLAIM_PREPARED.execute(conn, values).first()  # type: ignore[arg-type]
-    else:
-        row = conn.execute(_CLAIM, {"job_id": job_id, "now": utcnow()}).first()
-    if row is None:
-        return None
-    return ClaimedJob(
-        id=row.id if isinstance(row.id, uuid.UUID) else uuid.UUID(row.id),
-        owner_id=row.owner_id,
-        kind=row.kind,
-        params=row.params,
-        attempts=row.attempts,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-    )
-
-
-def lock_unfinished(session: Session, job_id: uuid.UUID) -> bool:
-    """Lock the job row for the rest of the transaction; False when it is already terminal.
-
-    A worker takes this lock in the same transaction that applies the job's
-    effect, so a duplicate delivery or a concurrent cancel serialises behind it.
-    """
-    state = session.scalar(select(Job.state).where(Job.id == job_id).with_for_update())
-    return state in UNFINISHED
-
-
-def finish(
-    session: Session | Connection,
-    job_id: uuid.UUID,
-    *,
-    state: str,
-    result: dict[str, Any] | None = None,
-    error: JobError | None = None,
-    message: str = "",
-) -> dict[str, Any] | None:
-    """Move an unfinished job to SUCCESS or FAILURE; None when it was already terminal."""
-    finished = finish_job(session, job_id, state=state, result=result, error=error, message=message)
-    return None if finished is None else finished.status
-
-
-def finish_job(
-    conn: Connection | Session,
-    job_id: uuid.UUID,
-    *,
-    state: str,
-    result: dict[str, Any] | None = None,
-    error: JobError | None = None,
-    message: str = "",
-) -> FinishedJob | None:
-    """`finish`, also saying whether the owner has webhook endpoints; None when already terminal.
-
-    One conditional statement: a job whose only effect is its result (an AI
-    job) finishes on an autocommit connection in one round trip, and a
-    duplicate delivery or a cancel that got there first makes it a no-op.
-    """
-    assert state in ("SUCCESS", "FAILURE")
-    success = state == "SUCCESS"
-    values = {
-        "job_id": job_id,
-        "now": utcnow(),
-        "new_state": state,
-        "new_progress": 100 if success else None,
-        "new_message": message or ("done" if success else "failed"),
-        "new_result": result,
-        "new_error_code": error.code if error else None,
-        "new_error_message": error.message[:500] if error else None,
-    }
-    if _prepared(conn):
-        # As the JSONB column type writes it: None is SQL NULL.
-        values["new_result"] = None if result is None else json.dumps(result)
-        values["job_id"] = str(job_id)
-        row = _FINISH_PREPARED.execute(conn, values).first()  # type: ignore[arg-type]
-    else:
-        row = conn.execute(_FINISH, values).first()
-    if row is None:
-        return None
-    return FinishedJob(status_from_row(row), bool(row.has_webhooks))
-
-
-def mark_state(session: Session | Connection, job_id: uuid.UUID, state: str, message: str) -> None:
-    """Record a non-terminal transition (e.g. RETRY) on an unfinished job."""
-    assert state in UNFINISHED
-    session.execute(
-        _MARK_STATE,
-        {"job_id": job_id, "new_state": state, "new_message": message[:255], "now": utcnow()},
-    )

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import redis
 from sqlalchemy.orm import sessionmaker
 
+from infra.redis_store import Keys
 from shared.jobs import status_scripts
 from shared.jobs.events import (
     FIREHOSE_MAX,
@@ -31,8 +32,6 @@ from shared.jobs.kinds import KIND_QUEUES
 from shared.jobs.model import TERMINAL, isoformat, utcnow
 from shared.jobs.records import get_status
 from shared.jobs.status_scripts import StatusPipeline, run_script
-from shared.lean_pipeline import LeanPipeline
-from shared.redis_store import Keys
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ class StatusStore:
         return int(ticket) or None
 
     def queue_enqueued(
-        self, pipe: redis.client.Pipeline | LeanPipeline, owner_id: int, status: dict[str, Any]
+        self, pipe: redis.client.Pipeline | Any, owner_id: int, status: dict[str, Any]
     ) -> None:
         """Queue record_enqueued on `pipe` (any client of this Redis); see settle_enqueued.
 

@@ -21,10 +21,11 @@ from datetime import timedelta
 from typing import Any
 
 import redis
-from kombu.exceptions import OperationalError as BrokerError
+
 from sqlalchemy import Connection
 
-from shared.broker.publish import JobMessage, Publisher
+from infra.broker.messages import BrokerError, JobMessage, Publisher
+from infra.settings import Settings
 from shared.jobs import admission_batch
 from shared.jobs.kinds import KIND_QUEUES
 from shared.jobs.model import (
@@ -38,7 +39,6 @@ from shared.jobs.model import (
 )
 from shared.jobs.records import create_job, delete_job
 from shared.jobs.status import StatusStore
-from shared.settings import Settings
 
 __all__ = ["BrokerError", "Outcome", "PreparedJob", "submit", "submit_many"]
 

@@ -6,8 +6,8 @@ import time
 
 from sqlalchemy import func, select
 
+from infra.broker.depth import RedisQueueDepths
 from shared import jobs
-from shared.broker.depth import RedisQueueDepths
 from shared.models import Job
 from tests.support.accounts import register_and_login
 from tests.support.apps import app_with, unique_name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.settings import Settings
+from infra.settings import Settings
 from tests.support.accounts import register_and_login
 from tests.support.apps import app_with, unique_name
 

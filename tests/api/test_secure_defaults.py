@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
+from infra.settings import ROOT, ConfigError
 from shared import accounts, jobs
-from shared.settings import ROOT, ConfigError
 from tests.support.accounts import fund, register_and_login
 from tests.support.apps import app_with, unique_name
 from tests.support.environment import process_environment

@@ -122,7 +122,7 @@ def test_ttl_per_kind_and_ttl_remaining(cache):
 
 
 def test_from_settings_uses_prefix_ttls_and_switch(ai_redis, prefix):
-    from shared.settings import Settings
+    from infra.settings import Settings
 
     settings = Settings.from_env({"CONVEYOR_REDIS_PREFIX": prefix, "CACHE_TTL_AI_IMAGE": "42"})
     built = AICache.from_settings(ai_redis, settings)

@@ -16,6 +16,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from infra.settings import Settings
 from shared.ai.errors import AIError, redact
 from shared.ai.providers import (
     OfflineProvider,
@@ -26,7 +27,6 @@ from shared.ai.providers import (
 )
 from shared.ai.request import AIRequest, AIRequestError
 from shared.ai.retry import parse_retry_after
-from shared.settings import Settings
 from tests.fakes import fixtures
 from tests.fakes.openai_server import (
     FakeOpenAIServer,

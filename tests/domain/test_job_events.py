@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
+from infra.redis_store import Keys
 from shared.jobs.events import EventLog, StreamKeys
 from shared.jobs.status import StatusStore
-from shared.redis_store import Keys
 
 OWNER = 7
 

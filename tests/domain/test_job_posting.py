@@ -9,7 +9,7 @@ import uuid
 from sqlalchemy import func, select, text
 
 from shared import jobs, ledger
-from shared.job_posting import post_and_finish, post_jobs
+from shared.ledger.job_posting import post_and_finish, post_jobs
 from shared.models import Job, LedgerEntry
 
 

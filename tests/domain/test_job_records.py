@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from shared import accounts, jobs, webhooks
-from shared.jobs.records import finish_job
+from shared.jobs.claims import finish_job
 from shared.models import Job
 
 

@@ -8,15 +8,15 @@ import threading
 import time
 import uuid
 
-from shared.cache import Cache
-from shared.settings import ROOT
+from infra.settings import ROOT
+from shared.caches.store import Cache
 from tests.support.environment import process_environment
 
 _CHILD = """
 import sys
-from shared.cache import Cache
-from shared.redis_store import create_redis
-from shared.settings import Settings
+from shared.caches.store import Cache
+from infra.redis_store import create_redis
+from infra.settings import Settings
 
 settings = Settings.from_env()
 namespace, scope = sys.argv[1], sys.argv[2]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.redis_store import Keys
 from shared.jobs.status import StatusStore
-from shared.redis_store import Keys
 from tests.support.redis_server import PrivateRedis
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")

@@ -15,11 +15,12 @@ import pytest
 from sqlalchemy import update
 from standardwebhooks import Webhook
 
-from shared import jobs, maintenance, webhooks, webhooks_signing
+from shared import jobs, maintenance, webhooks
 from shared.jobs.model import utcnow
 from shared.models import Job, WebhookDelivery
-from shared.webhooks_sender import http_client, send
-from shared.webhooks_urls import UnsafeWebhookUrl, check_url
+from shared.webhooks import signing as webhooks_signing
+from shared.webhooks.sender import http_client, send
+from shared.webhooks.urls import UnsafeWebhookUrl, check_url
 from tests.support.accounts import register_and_login
 from tests.support.apps import unique_name
 

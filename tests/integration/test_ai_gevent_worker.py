@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import ROOT
+from infra.settings import ROOT
 from tests.fakes.openai_server import FakeOpenAIServer, RecordedRequest, Scripted
 from tests.support.environment import process_environment
 from tests.support.polling import wait_for_state
@@ -162,7 +162,7 @@ def gevent_worker(settings, upstream, *, concurrency: int) -> Iterator[WorkerOut
 
 def test_the_broker_channel_pool_serves_every_greenlet_at_once(celery_app, settings):
     # What 100 greenlets acking at the same moment ask of kombu's pool.
-    from shared.broker.config import broker_max_connections
+    from infra.broker.config import broker_max_connections
 
     wanted = settings.ai_worker_concurrency
     assert broker_max_connections(settings) >= wanted

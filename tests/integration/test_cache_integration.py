@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import update
 
 from shared import accounts, ledger
+from shared.caches.warming import LOCK_NAME, warm
 from shared.jobs import utcnow
+from shared.ledger.wallet_cache import DEFAULT_PAGE_LIMIT, user_scope
 from shared.locks import exclusive, lock_key
 from shared.models import User, Wallet
-from shared.wallet_cache import DEFAULT_PAGE_LIMIT, user_scope
-from shared.warming import LOCK_NAME, warm
 from tests.support.accounts import fund
 from tests.support.polling import wait_for_state
 
@@ -221,7 +221,7 @@ def test_warming_refreshes_popular_ai_entries_about_to_expire(resources):
     from shared.ai.cache import AICache
     from shared.ai.providers import OfflineProvider
     from shared.ai.request import AIRequest
-    from shared.warming import AIWarming
+    from shared.caches.warming import AIWarming
 
     provider = OfflineProvider()
     ai_cache = AICache.from_settings(resources.redis, resources.settings)

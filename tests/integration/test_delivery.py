@@ -14,8 +14,9 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from infra.broker.publish import build_publisher
 from shared import jobs
-from shared.broker.publish import build_publisher
+from shared.jobs.kinds import QUEUES
 from shared.models import Job, LedgerEntry
 from tests.support.accounts import fund, register_and_login
 from tests.support.polling import wait_for_state
@@ -60,7 +61,7 @@ def test_the_same_ledger_job_delivered_twice_posts_once(stack):
     ).get_json()["task_id"]
     # A second copy of the same message, as a broker redelivers it after a
     # lost worker: same task, same task id, same argument.
-    build_publisher(stack.settings).publish("ledger.transaction", task_id, "ledger", {})
+    build_publisher(stack.settings, QUEUES).publish("ledger.transaction", task_id, "ledger", {})
     assert stack.resources.redis.llen(f"{stack.settings.redis_key_prefix}ledger") == 2
     # Two processes: the copies may run at the same moment.
     stack.start_worker("dup", concurrency=2)

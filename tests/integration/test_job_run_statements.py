@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from shared.db import create_db_engine
+from infra.db import create_db_engine
 from shared.resources import Resources
 from workers.job_run import one_statement
 

@@ -1,4 +1,4 @@
-"""kombu Redis channels reuse one client per connection pool (workers/kombu_patches.py)."""
+"""kombu Redis channels reuse one client per connection pool (tuning/kombu_redis.py)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import uuid
 import pytest
 from kombu import Connection, Producer, Queue
 
-from workers.kombu_patches import ack_many, reuse_sync_clients
+from tests.support.environment import tuning_on
+from tuning import kombu_redis
+from tuning.kombu_redis import ack_many
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def channel(settings, redis_client):
-    reuse_sync_clients()
+    kombu_redis.install()  # the adjustment itself is under test, whatever CONVEYOR_TUNING says
     prefix = f"{settings.redis_key_prefix}k{uuid.uuid4().hex[:8]}:"
     with Connection(settings.redis_url, transport_options={"global_keyprefix": prefix}) as conn:
         channel = conn.channel()
@@ -23,6 +25,8 @@ def channel(settings, redis_client):
         channel.close()
     for key in redis_client.scan_iter(match=f"{prefix}*"):
         redis_client.delete(key)
+    if not tuning_on("kombu_client_reuse"):
+        kombu_redis.uninstall()  # the rest of the run stays on stock kombu
 
 
 def test_one_client_serves_every_operation_of_a_channel_until_its_pool_changes(channel):

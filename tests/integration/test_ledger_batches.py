@@ -1,4 +1,4 @@
-"""Ledger jobs drained in batches by a real prefork worker (workers/ledger_batches.py).
+"""Ledger jobs drained in batches by a real prefork worker (tuning/celery_ledger_batches.py).
 
 A backlog is queued before the worker starts, so its consumer gathers
 messages while its pool is busy: the jobs run in batches of several, one
@@ -17,8 +17,9 @@ import uuid
 import pytest
 from sqlalchemy import func, select, text
 
+from infra.broker.publish import build_publisher
 from shared import jobs
-from shared.broker.publish import build_publisher
+from shared.jobs.kinds import QUEUES
 from shared.models import Job, LedgerEntry
 from tests.support.accounts import fund, register_and_login
 from tests.support.stacks import private_stack
@@ -87,7 +88,7 @@ def test_a_backlog_drains_in_batches_and_each_job_keeps_its_own_outcome(stack):
     cancelled = _submit(stack, spender, {"type": "credit", "amount": 5_000})
     assert stack.client.delete(f"/api/v1/tasks/{cancelled}", headers=spender).status_code == 202
     repeated = credits[7]
-    publisher = build_publisher(stack.settings)
+    publisher = build_publisher(stack.settings, QUEUES)
     # A second copy of one message (as after a lost worker) and one that names no job.
     publisher.publish("ledger.transaction", repeated, "ledger", {})
     publisher.publish("ledger.transaction", "not-a-job-id", "ledger", {})
@@ -160,7 +161,7 @@ def test_a_job_that_breaks_its_batch_does_not_take_the_others_down(stack):
             ),
             {"id": poison, "owner": user_id, "params": '{"type": "credit", "amount": "lots"}'},
         )
-    build_publisher(stack.settings).publish("ledger.transaction", str(poison), "ledger", {})
+    build_publisher(stack.settings, QUEUES).publish("ledger.transaction", str(poison), "ledger", {})
     rest = [_submit(stack, headers, {"type": "credit", "amount": 10}) for _ in range(20)]
 
     # One process: the first message runs alone, the rest gather behind it.

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 from beat_schedule import beat_schedule
+from infra.broker.inflight import RedisInFlight, broker_task_ids
 from shared import jobs, maintenance
-from shared.broker.inflight import RedisInFlight, broker_task_ids
 from shared.jobs import kinds, utcnow
 from shared.models import Job, LedgerEntry
 from tests.support.workers import running_worker

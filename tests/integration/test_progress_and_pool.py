@@ -41,7 +41,7 @@ def test_a_session_idle_in_a_transaction_is_ended_and_its_locks_freed(resources,
     import psycopg2
     from sqlalchemy.exc import OperationalError
 
-    from shared.db import create_db_engine
+    from infra.db import create_db_engine
 
     user_id, _ = make_user("idle_tx")
     # A short timeout for this engine only; the mechanism is the same as production's 30 s.

@@ -10,10 +10,12 @@ import uuid
 
 import pytest
 
-from shared.broker.publish import CeleryPublisher, RedisListPublisher, producer_app
+from infra.broker.publish import CeleryPublisher, producer_app
+from shared.jobs.kinds import QUEUES
 from tests.support.accounts import register_and_login
 from tests.support.polling import wait_for_state
 from tests.support.workers import running_worker
+from tuning.celery_fast_publish import RedisListPublisher
 
 # Fields that differ between any two publishes (who, when, which delivery).
 VOLATILE_HEADERS = {"origin", "sent_at"}
@@ -38,7 +40,7 @@ def test_lean_message_matches_celerys_own(app, redis_client, settings):
     # The API's producer app: like the web process, it never imports task code.
     # (A process that has, e.g. a worker, would stamp each task's own time
     # limits into the message; workers apply those same limits either way.)
-    producer = producer_app(settings)
+    producer = producer_app(settings, QUEUES)
     job_id = str(uuid.uuid4())
     queue = f"compare-{uuid.uuid4().hex[:8]}"
     key = settings.redis_key_prefix + queue

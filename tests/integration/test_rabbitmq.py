@@ -20,8 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
+from infra.broker.inflight import broker_in_flight
 from shared import jobs, maintenance
-from shared.broker.inflight import broker_in_flight
 from shared.jobs import utcnow
 from shared.models import Job, LedgerEntry
 from tests.fakes.openai_server import FakeOpenAIServer, Scripted

@@ -22,16 +22,18 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from shared.broker import envelope, keys
-from shared.broker.publish import CeleryPublisher, RedisListPublisher, producer_app
+from infra.broker import envelope, keys
+from infra.broker.publish import CeleryPublisher, producer_app
+from infra.redis_store import Keys
 from shared.jobs.group_commit import GroupCommit
+from shared.jobs.kinds import QUEUES
 from shared.jobs.model import IdempotencyKeyReused, Submission, TooManyInflightJobs, request_hash
 from shared.jobs.status import StatusStore
 from shared.jobs.submission import BrokerError, PreparedJob, submit_many
-from shared.redis_store import Keys
 from tests.support.accounts import register_and_login
 from tests.support.environment import process_environment
 from tests.support.processes import free_port, running_server
+from tuning.celery_fast_publish import RedisListPublisher
 
 BIN = Path(sys.executable).parent
 KIND = "ledger.transaction"
@@ -179,7 +181,7 @@ def test_celerys_publisher_takes_the_batched_insert_too(
     resources, make_user, redis_client, settings, prefix, statuses
 ):
     owner, _ = make_user("batchcelery")
-    producer = producer_app(dataclasses.replace(settings, redis_key_prefix=prefix))
+    producer = producer_app(dataclasses.replace(settings, redis_key_prefix=prefix), QUEUES)
     try:
         outcomes = _flush(
             resources,

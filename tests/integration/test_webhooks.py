@@ -14,7 +14,8 @@ import uuid
 import pytest
 from standardwebhooks import Webhook
 
-from shared.broker.publish import build_publisher
+from infra.broker.publish import build_publisher
+from shared.jobs.kinds import QUEUES
 from tests.support.accounts import fund, register_and_login
 from tests.support.polling import wait_for_state
 from tests.support.receivers import running_receiver
@@ -97,7 +98,9 @@ def test_a_failing_receiver_is_retried_with_back_off_then_gets_it_exactly_once(s
         assert [a["status_code"] for a in delivery["log"]] == [200, 500, 503, 500]
         # A second copy of the message (a broker redelivery) finds it delivered.
         finished = stack.deliveries(delivery["id"], "succeeded")
-        build_publisher(stack.settings).publish("webhooks.deliver", delivery["id"], "webhooks", {})
+        build_publisher(stack.settings, QUEUES).publish(
+            "webhooks.deliver", delivery["id"], "webhooks", {}
+        )
         _until(
             lambda: stack.deliveries(delivery["id"], "succeeded") > finished,
             "the duplicate message consumed",

@@ -50,7 +50,7 @@ import yaml
 from psycopg2 import sql
 
 from beat_schedule import beat_schedule
-from shared.settings import ROOT
+from infra.settings import ROOT
 from tests.support.accounts import PASSWORD
 from tests.support.environment import ADMIN_DSN, PG_HOST
 from tests.support.metrics import value

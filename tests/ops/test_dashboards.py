@@ -10,7 +10,7 @@ import yaml
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.settings import ROOT
+from infra.settings import ROOT
 from workers.observability import batch_metrics, task_metrics
 
 DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "conveyor.json"

@@ -17,6 +17,7 @@ import redis
 import yaml
 from honcho.environ import parse_procfile
 
+from infra.settings import ROOT, Settings
 from scripts.devstack import (
     Foreground,
     choose_redis,
@@ -26,7 +27,6 @@ from scripts.devstack import (
     reset_prometheus_dir,
 )
 from scripts.embedded_redis import EmbeddedRedis, EmbeddedRedisError, pick_port
-from shared.settings import ROOT, Settings
 from tests.support.environment import process_environment
 
 PROCESS_TYPES = ["web", "events", "worker", "worker_ai", "beat", "flower"]

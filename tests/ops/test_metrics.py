@@ -10,9 +10,9 @@ import uuid
 from prometheus_client import REGISTRY, generate_latest
 
 from api.metrics import QueueDepthCollector
-from shared.broker.depth import RedisQueueDepths
+from infra.broker.depth import RedisQueueDepths
+from infra.settings import ROOT
 from shared.resources import AUTOCOMMIT_POOL_SIZE
-from shared.settings import ROOT
 from tests.support.environment import process_environment
 from tests.support.metrics import samples, scrape, value
 from tests.support.polling import wait_for_state

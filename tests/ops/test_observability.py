@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
-from shared import accounts, logging_setup
-from shared.slow_queries import SlowQueryLog, fingerprint
+from infra import logging_setup
+from infra.slow_queries import SlowQueryLog, fingerprint
+from shared import accounts
 from tests.support.polling import wait_for_state
 
 

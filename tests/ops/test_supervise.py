@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from honcho.environ import parse_procfile
 
+from infra.settings import ROOT
 from scripts.devstack import supervised_procfile
 from scripts.supervise import Backoff, describe_exit
-from shared.settings import ROOT
 from tests.support.environment import process_environment
 from tests.support.processes import running_server
 

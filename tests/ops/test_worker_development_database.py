@@ -9,8 +9,9 @@ import time
 import uuid
 from pathlib import Path
 
-from shared.broker.publish import build_publisher
-from shared.settings import ROOT
+from infra.broker.publish import build_publisher
+from infra.settings import ROOT
+from shared.jobs.kinds import QUEUES
 from tests.support.environment import process_environment
 
 
@@ -19,7 +20,7 @@ def test_the_ledger_worker_starts_and_consumes_without_a_database_url(settings, 
     env = {**process_environment(), "CONVEYOR_REDIS_PREFIX": prefix}
     env.pop("DATABASE_URL", None)  # as `make run` with no database configured
     # A message naming no job: the worker drops it without touching the database.
-    build_publisher(dataclasses.replace(settings, redis_key_prefix=prefix)).publish(
+    build_publisher(dataclasses.replace(settings, redis_key_prefix=prefix), QUEUES).publish(
         "ledger.transaction", "not-a-job-id", "ledger", {}
     )
     queue = f"{prefix}ledger"

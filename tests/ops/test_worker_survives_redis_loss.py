@@ -5,7 +5,7 @@ and events on) against a redis-server of this test's own (AOF, fsync on every
 write, so the SIGKILL loses nothing the test relies on). It holds countdown
 messages unacked, so its task channel has a BRPOP in flight when Redis dies:
 the shape in which kombu 5.7.0 killed the worker with `AttributeError:
-'NoneType' object has no attribute 'hostname'` (workers/kombu_patches.py).
+'NoneType' object has no attribute 'hostname'` (tuning/kombu_redis.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from shared.settings import Settings
+from infra.settings import Settings
 
 
 @contextmanager

@@ -10,6 +10,8 @@ import os
 import uuid
 
 RUN_ID = uuid.uuid4().hex[:12]
+# Which adjustments of tuning/ this run's processes apply (CONVEYOR_TUNING, default on).
+TUNING = os.environ.get("CONVEYOR_TUNING", "on")
 ADMIN_DSN = os.environ.get(
     "TEST_POSTGRES_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 )
@@ -38,12 +40,21 @@ TEST_ENV = {
     "RATELIMIT_POLL": "100000/minute",
     "AI_PROVIDER": "offline",
     "LOG_LEVEL": "WARNING",
+    # The suite runs both ways: CI runs it again with CONVEYOR_TUNING=off (stock libraries).
+    "CONVEYOR_TUNING": TUNING,
 }
 
 
 def process_environment() -> dict[str, str]:
     """A subprocess's environment: this machine's minus Conveyor's settings, plus TEST_ENV."""
-    from shared.settings import environment_names
+    from infra.settings import environment_names
 
     inherited = {k: v for k, v in os.environ.items() if k not in environment_names()}
     return {**inherited, **TEST_ENV}
+
+
+def tuning_on(name: str) -> bool:
+    """Whether this run's processes apply the adjustment `name` (tuning/__init__.py)."""
+    from tuning import Selection
+
+    return name in Selection.parse(TUNING)

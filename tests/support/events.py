@@ -15,7 +15,7 @@ from pathlib import Path
 
 from honcho.environ import parse_procfile
 
-from shared.settings import ROOT
+from infra.settings import ROOT
 from tests.support.processes import free_port, running_server
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.settings import ROOT
+from infra.settings import ROOT
 
 
 def free_port() -> int:

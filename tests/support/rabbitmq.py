@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kombu import Connection
 
-from shared.settings import ROOT
+from infra.settings import ROOT
 from tests.support.workers import running_worker
 
 RABBITMQ_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1:5672")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.settings import ROOT, Settings
+from infra.settings import ROOT, Settings
 from tests.support.environment import process_environment
 
 

@@ -20,7 +20,7 @@ def running_worker(
     from workers import runtime
 
     runtime.reset()
-    # A worker tunes its process's collector once ready (shared/gc_tuning.py):
+    # A worker tunes its process's collector once ready (tuning/collector.py):
     # here that process is the test run, which gets its own settings back.
     threshold = gc.get_threshold()
     with start_worker(

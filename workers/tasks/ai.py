@@ -31,7 +31,7 @@ MAX_COUNTDOWN_SECONDS = 300
 
 
 # However long an attempt or a retry's countdown, the worker holding its
-# message renews the message's lease (workers/broker_leases.py), so it is not
+# message renews the message's lease (tuning/broker_leases.py), so it is not
 # redelivered while it runs or waits.
 
 TASK_OPTIONS = {

@@ -6,9 +6,9 @@ from celery import Task, shared_task
 
 from shared.ai.cache import AICache
 from shared.ai.providers import build_provider
+from shared.caches.warming import TARGETS, AIWarming, Progress, WarmOutcome, warm
 from shared.jobs.kinds import KINDS
 from shared.resources import Resources
-from shared.warming import TARGETS, AIWarming, Progress, WarmOutcome, warm
 from workers.job_run import JobRun, run_job
 from workers.runtime import resources
 

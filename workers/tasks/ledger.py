@@ -7,9 +7,11 @@ import logging
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
-from shared import job_posting, jobs, ledger
+from shared import jobs, ledger
 from shared.jobs.lifecycle import announce_outcome
-from shared.wallet_cache import invalidate_user, user_scope
+from shared.ledger import job_posting
+from shared.ledger.wallet_cache import invalidate_user, user_scope
+from workers import ledger_batches
 from workers.job_run import JobRun, run_job
 from workers.runtime import resources
 from workers.tasks.webhooks import outbox as webhook_outbox
@@ -29,12 +31,16 @@ LEDGER_RETRY = {
 
 
 class BatchedPosting(Task):
-    """A task whose messages the worker's consumer gathers into batches (workers/ledger_batches.py).
+    """A task whose messages the consumer may gather into batches (tuning/celery_ledger_batches.py).
 
-    A message the batch does not finish runs this task as usual.
+    The strategy falls back to Celery's own when the `ledger_batches`
+    adjustment is off; a message a batch does not finish runs this task as usual.
     """
 
-    Strategy = "workers.ledger_batches:strategy"
+    Strategy = "tuning.celery_ledger_batches:strategy"
+    # The pool side of a batch (workers/ledger_batches.py).
+    run_batch = staticmethod(ledger_batches.run_batch)
+    run_batch_by_name = staticmethod(ledger_batches.run_batch_by_name)
 
 
 # Time limits come from each kind's declaration (shared/jobs/kinds.py), applied by the app.
@@ -48,7 +54,7 @@ def transaction(self: Task, job_id: str) -> None:
 
 
 def _post_in_one_statement(task: Task, job_id: str) -> bool:
-    """The PostgreSQL fast path (shared/job_posting.py); False: take the general path.
+    """The PostgreSQL fast path (shared/ledger/job_posting.py); False: take the general path.
 
     The general path also handles what this one does not: SQLite, a malformed
     id, and a debit that would overdraw (it fails the job with its code).

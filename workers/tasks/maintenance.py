@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Celery, Task, shared_task
 
+from infra.broker.inflight import broker_in_flight
 from shared import maintenance
-from shared.broker.inflight import broker_in_flight
 from shared.jobs import kinds
 from workers.runtime import publisher, resources
 from workers.tasks.webhooks import outbox as webhook_outbox

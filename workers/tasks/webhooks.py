@@ -8,12 +8,12 @@ import threading
 import httpx
 from celery import Celery, Task, shared_task
 
+from infra.broker.config import delayable_countdown
+from infra.settings import Settings
 from shared import webhooks
-from shared.broker.config import delayable_countdown
 from shared.jobs.kinds import WEBHOOK_QUEUE
 from shared.jobs.model import utcnow
-from shared.settings import Settings
-from shared.webhooks_sender import http_client, send
+from shared.webhooks.sender import http_client, send
 from workers.runtime import publisher, resources
 
 log = logging.getLogger(__name__)

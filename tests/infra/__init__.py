@@ -1,0 +1,1 @@
+"""Tests of infra/: settings, the database plumbing, the request gate."""

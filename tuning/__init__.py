@@ -1,0 +1,133 @@
+"""Every adjustment Conveyor makes to third-party code, in one room; each one can be turned off.
+
+An adjustment replaces a library's method, reads a private attribute, or
+sends on sockets of its own where the library's path is slow or wrong.
+Nothing outside this package does any of that (tests/test_architecture.py).
+Each module opens with what it changes, why (one line; the figures are in
+docs/benchmarks.md), the versions it was written against (`TARGETS`), the
+test that breaks when the library changes, and how to turn it off.
+
+None is applied at import. The process entry points install them:
+gunicorn.conf.py's hooks (`install_arbiter`, `install_web_worker`),
+workers/factory.py's `wire_process` (`install_celery_worker`), and the app
+factories, which ask `enabled(settings, name)` for their own pieces.
+
+`CONVEYOR_TUNING` selects them: `on` (the default), `off`, or a list such as
+`off,+collector` or `-gunicorn_balance,-fast_publish`. `off` runs every
+process on the stock libraries for everything that is only about speed; the
+*repairs* stay on unless named (`off,-broker_leases`), because without
+them a documented guarantee goes (docs/tuning.md says which).
+
+An adjustment whose target library is not at the version it declares is
+not applied: the process logs an error naming both versions and runs the
+stock path (`check`), and tests/tuning/test_versions.py fails until someone
+has re-checked it against the new release.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuning.registry import (
+    ADJUSTMENTS,
+    BY_NAME,
+    REPAIR,
+    SPEED,
+    STATE,
+    Adjustment,
+    Selection,
+    TuningError,
+    applied,
+    check,
+    enabled,
+    installed_version,
+    mismatches,
+    refused,
+    selection_of,
+)
+
+__all__ = [
+    "ADJUSTMENTS",
+    "BY_NAME",
+    "REPAIR",
+    "SPEED",
+    "STATE",
+    "Adjustment",
+    "Selection",
+    "TuningError",
+    "applied",
+    "check",
+    "enabled",
+    "install_arbiter",
+    "install_celery_worker",
+    "install_web_worker",
+    "installed_version",
+    "mismatches",
+    "refused",
+    "selection_of",
+]
+
+
+def install_arbiter(server: Any, selection: Selection) -> None:
+    """gunicorn's arbiter, before any worker forks (on_starting)."""
+    if check(selection, "gunicorn_balance"):
+        from tuning import gunicorn_balance
+
+        gunicorn_balance.create_table(server.cfg.workers)
+
+
+def install_web_worker(worker: Any, selection: Selection) -> None:
+    """A gunicorn worker with the app loaded (post_worker_init): gevent or gthread."""
+    from infra import gevent_support as gevent_process
+
+    if check(selection, "gunicorn_one_write"):
+        from tuning import gunicorn_one_write
+
+        gunicorn_one_write.install()
+        applied("gunicorn_one_write")
+    if check(selection, "gunicorn_trusted_headers"):
+        from tuning import gunicorn_trusted_headers
+
+        gunicorn_trusted_headers.install()
+        applied("gunicorn_trusted_headers")
+    if check(selection, "collector"):
+        from tuning import collector
+
+        collector.tune_collector()
+        applied("collector")
+    if gevent_process.is_patched() and check(selection, "redis_zero_poll"):
+        from tuning import redis_zero_poll
+
+        if redis_zero_poll.install():
+            applied("redis_zero_poll")
+    if gevent_process.is_patched() and check(selection, "gunicorn_balance"):
+        from tuning import gunicorn_balance
+
+        if gunicorn_balance.install(worker):
+            applied("gunicorn_balance")
+
+
+def install_celery_worker(selection: Selection) -> None:
+    """A Celery worker process, before its consumer starts (workers/factory.py wire_process)."""
+    from infra import gevent_support as gevent_process
+
+    if check(selection, "kombu_detached_guard"):
+        from tuning import kombu_detached_guard
+
+        kombu_detached_guard.install()
+        applied("kombu_detached_guard")
+    if check(selection, "kombu_client_reuse"):
+        from tuning import kombu_redis
+
+        kombu_redis.install()
+        applied("kombu_client_reuse")
+    if gevent_process.is_patched() and check(selection, "redis_zero_poll"):
+        from tuning import redis_zero_poll
+
+        if redis_zero_poll.install():
+            applied("redis_zero_poll")
+    if check(selection, "collector"):
+        from tuning import collector
+
+        collector.install_worker_signals()
+        applied("collector")

@@ -1,0 +1,93 @@
+"""A few Redis connections of a caller's own, outside redis-py's pool, for the hottest round trips.
+
+Changes: the poll's HMGET (tuning/redis_reads.py) and the submit flush's
+pipeline (tuning/redis_pipelines.py) send on connections made here by the
+client pool's own connection class and settings (URL, TLS, timeouts, health
+checks, decoding), at most `max_connections` at a time; past that
+`checkout` answers None and the caller takes the client. A connection goes
+back only after every answer it asked for was read, so an idle one never
+holds stray data; on any error it is discarded.
+
+Why: per command redis-py 8's pool checks the pid twice, polls the socket
+for stray data, takes and releases a lock twice, dispatches a release event
+and records OpenTelemetry counters: more CPU than the command itself (an
+HMGET ~53 µs through the client, ~27 µs here; docs/benchmarks.md, "poll").
+
+Written against: redis 8.1.0 (`connection_pool.connection_class` and
+`connection_kwargs`, `Connection.send_command`/`send_packed_command`/
+`read_response`), hiredis 3.5.0 (`pack_command`).
+Breaks: tests/tuning/test_redis_reads.py, tests/tuning/test_redis_pipelines.py.
+Off: `CONVEYOR_TUNING=-redis_own_connections` (or `off`): polls and flushes
+take the client's pool (and without `fast_publish`, the flush is Celery's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from typing import Any
+
+import redis
+
+# Errors after which a caller reruns its command through the real client,
+# whose retry policy then decides.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class OwnConnections:
+    """Up to `max_connections` connections to `client`'s Redis, outside its pool."""
+
+    def __init__(self, client: redis.Redis, max_connections: int) -> None:
+        pool = client.connection_pool
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = dict(pool.connection_kwargs)
+        self._max_connections = max_connections
+        # list.append/pop are atomic: safe for greenlets and threads alike.
+        self._idle: list[Any] = []
+        self._opened: list[None] = []
+        # A forked child must not share the parent's sockets.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_after_fork(ref))
+
+    def checkout(self) -> Any:
+        """An idle connection, a new one, or None when all of them are in use."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        if len(self._opened) >= self._max_connections:
+            return None
+        self._opened.append(None)
+        return self._connection_class(**self._connection_kwargs)
+
+    def give_back(self, connection: Any) -> None:
+        """Return a connection whose every answer was read."""
+        self._idle.append(connection)
+
+    def discard(self, connection: Any) -> None:
+        """Close a connection that failed (or may hold unread answers)."""
+        try:
+            connection.disconnect()
+        finally:
+            with contextlib.suppress(IndexError):
+                self._opened.pop()
+
+    def count(self) -> int:
+        """Connections open right now (idle or in use)."""
+        return len(self._opened)
+
+    def close(self) -> None:
+        """Close every idle connection (those in use are closed when they come back)."""
+        while self._idle:
+            self.discard(self._idle.pop())
+
+    def _after_fork(self) -> None:
+        self._idle = []
+        self._opened = []
+
+
+def _forget_after_fork(ref: weakref.ref[OwnConnections]) -> None:
+    connections = ref()
+    if connections is not None:
+        connections._after_fork()
