@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
 
 from flask import Flask, Response, g, request
 

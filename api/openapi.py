@@ -8,8 +8,8 @@ declaration is listed by `undocumented_routes` and fails the test suite.
 
 from __future__ import annotations
 
-import re
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar

@@ -188,9 +188,12 @@ def _third_party_roots(tree: ast.Module) -> set[str]:
             for alias in node.names:
                 if alias.name.split(".")[0] not in FIRST_PARTY:
                     roots.add((alias.asname or alias.name).split(".")[0])
-        elif isinstance(node, ast.ImportFrom) and not node.level:
-            if (node.module or "").split(".")[0] not in FIRST_PARTY:
-                roots.update(alias.asname or alias.name for alias in node.names)
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and not node.level
+            and (node.module or "").split(".")[0] not in FIRST_PARTY
+        ):
+            roots.update(alias.asname or alias.name for alias in node.names)
     return roots
 
 

@@ -1,4 +1,4 @@
-"""Repair: leases on the Redis messages a worker holds, so a dead worker's jobs come back in minutes.
+"""Repair: leases on the Redis messages a worker holds; a dead worker's jobs come back in minutes.
 
 Changes: a Celery consumer bootstep that reads the channel QoS's private
 `_delivered` map (the messages this consumer holds) and, every quarter of the

@@ -1,4 +1,4 @@
-"""CPython's cyclic collector, for a long-running server: start-up objects frozen, collections rarer.
+"""CPython's cyclic collector for a long-running server: start-up objects frozen, fewer collections.
 
 Changes: once a process has loaded what it keeps for life, `gc.freeze()` moves
 those objects out of the collector's sight and the youngest generation is

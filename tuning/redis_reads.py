@@ -1,4 +1,4 @@
-"""HMGET for the poll path on connections of its own (tuning/redis_connections.py), a client stand-in.
+"""HMGET for the poll path on connections of its own (tuning/redis_connections.py).
 
 `LeanReads` sends HMGET itself and hands every other command to the real
 client. On a connection or timeout error the call is made again through the

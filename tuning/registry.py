@@ -15,7 +15,7 @@ REPAIR = "repair"
 
 @dataclass(frozen=True)
 class Adjustment:
-    """One adjustment: its switch name, its module, why it exists and what it was written against."""
+    """One adjustment: its switch name, module, purpose and the versions it was written against."""
 
     name: str
     module: str
@@ -86,7 +86,8 @@ ADJUSTMENTS: tuple[Adjustment, ...] = (
         "Flask's per-request answers (ensure_sync, URL adapter, rule match) remembered",
     ),
     Adjustment(
-        "accepted_template", "tuning.flask_accepted", SPEED, _targets(flask=FLASK, werkzeug=WERKZEUG),
+        "accepted_template", "tuning.flask_accepted", SPEED,
+        _targets(flask=FLASK, werkzeug=WERKZEUG),
         "the 202's body filled into a template and its Location quoted once per mount point",
     ),
     Adjustment(

@@ -1,1 +1,1 @@
-"""Cached reads: the read cache with its single-flight (`store`), and the beat job that warms it (`warming`)."""
+"""Cached reads: the read cache with its single-flight (`store`), and the beat job warming it."""

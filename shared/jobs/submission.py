@@ -21,7 +21,6 @@ from datetime import timedelta
 from typing import Any
 
 import redis
-
 from sqlalchemy import Connection
 
 from infra.broker.messages import BrokerError, JobMessage, Publisher

@@ -1,4 +1,4 @@
-"""The web worker's request gate (infra/wsgi_gate.py): a bound, first come first served, and hand-off.
+"""The web worker's request gate (infra/wsgi_gate.py): a bound, in arrival order, with hand-off.
 
 Run under real gevent greenlets in a child process (this test process is not
 monkey-patched), each check printed by the child and asserted here.

@@ -1,4 +1,4 @@
-"""gunicorn's logger without its access line (tuning/gunicorn_quiet_access.py), against gunicorn's own."""
+"""gunicorn's logger without its access line (tuning/gunicorn_quiet_access.py), against its own."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The version tripwire: every adjustment declares what it was written against, and that is installed.
+"""The version tripwire: each adjustment declares what it was written against; that is installed.
 
 When a library is upgraded this fails, naming the adjustments to re-check
 (their modules say which test breaks); until then the process logs an error
@@ -8,12 +8,14 @@ at start-up and runs that library's stock path (tuning.check).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
 import tuning
 from tuning import registry
 
+ROOT = Path(__file__).resolve().parents[2]
 # Every third-party library an adjustment reaches into.
 WATCHED = ("gunicorn", "gevent", "kombu", "celery", "redis", "hiredis", "flask", "werkzeug")
 
@@ -33,7 +35,7 @@ def test_every_watched_library_is_declared_by_what_adjusts_it():
 
 def test_the_declared_versions_are_the_pinned_ones():
     pins = {}
-    for line in open("requirements.txt", encoding="utf-8"):
+    for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
         name, sep, version = line.split("#")[0].strip().partition("==")
         if sep:
             pins[name.split("[")[0].lower()] = version
