@@ -28,8 +28,12 @@ run: install
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "installing chromium and chromium-driver (Debian packages)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
+# Parallel test processes, each with its own database and Redis prefix (pytest-xdist);
+# a test file's tests stay in one process, so module fixtures start once.
+TEST_WORKERS ?= 4
+
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

@@ -52,7 +52,7 @@ from psycopg2 import sql
 from beat_schedule import beat_schedule
 from infra.settings import ROOT
 from tests.support.accounts import PASSWORD
-from tests.support.environment import ADMIN_DSN, PG_HOST
+from tests.support.environment import ADMIN_DSN, PG_HOST, PG_PORT
 from tests.support.metrics import value
 from tests.support.processes import free_port, running_server
 
@@ -166,7 +166,7 @@ def localize_url(value: str, database: str, role: str, redis_port: int) -> str:
     parts = urlsplit(value)
     if parts.hostname == "postgres":
         password = parts.password or ""
-        netloc = f"{role}:{password}@{PG_HOST}:5432"
+        netloc = f"{role}:{password}@{PG_HOST}:{PG_PORT}"
         return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, parts.fragment))
     if parts.hostname == "redis":
         userinfo = parts.netloc.rpartition("@")[0]
