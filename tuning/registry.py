@@ -212,6 +212,13 @@ def applied(name: str) -> None:
     STATE[name] = "on"
 
 
+def summary() -> str:
+    """One line of what this process applied and what it left off, and why."""
+    on = sorted(name for name, state in STATE.items() if state == "on")
+    off = sorted(f"{name} ({state})" for name, state in STATE.items() if state != "on")
+    return f"on: {', '.join(on) or 'none'}; off: {', '.join(off) or 'none'}"
+
+
 def selection_of(settings: Any) -> Selection:
     """The selection a Settings object carries (CONVEYOR_TUNING, BROKER_FAST_PUBLISH)."""
     selection = Selection.parse(getattr(settings, "tuning", "on"))
