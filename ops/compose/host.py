@@ -141,16 +141,20 @@ def parse_pip_config_list(text: str) -> dict[str, str]:
     return values
 
 
-def pip_setup(environ: dict[str, str] | None = None) -> PipSetup:
-    """This machine's pip index settings and the CA bundle pip verifies with."""
+def pip_setup(environ: dict[str, str] | None = None, listed: str | None = None) -> PipSetup:
+    """This machine's pip index settings and the CA bundle pip verifies with.
+
+    `listed` is `pip config list`'s output (asked of this interpreter's pip when None).
+    """
     env = dict(os.environ if environ is None else environ)
-    listed = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    ).stdout
+    if listed is None:
+        listed = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        ).stdout
     config = parse_pip_config_list(listed)
     for name, key in _PIP_ENV.items():
         if env.get(name):
