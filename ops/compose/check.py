@@ -630,8 +630,8 @@ class ComposeCheck:
         os.kill(pid, signal.SIGSTOP)
         self.stopped_pid = pid
         started = time.monotonic()
-        # interval 60 s x retries 3, each try up to its 30 s timeout
-        deadline = started + 330
+        # up to one interval, then 3 failed tries (each its timeout, then 60 s)
+        deadline = started + 400
         while self.health(victim) != "unhealthy" and time.monotonic() < deadline:
             time.sleep(3)
         unhealthy = self.health(victim) == "unhealthy"
