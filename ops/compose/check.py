@@ -572,10 +572,12 @@ class ComposeCheck:
         if fault:
             fault.join()
         ok, detail = self.verify_burst(burst)
+        settled = time.monotonic() - timeline.get("killed", time.monotonic())
+        self.figures["worker kill -9 -> every job terminal"] = f"{settled:.0f} s"
         recovered = held & {s.task_id for s in burst.accepted}
         detail += (
             f"; the killed worker held {len(recovered)} of them, received and unfinished "
-            "(each then applied once, above)"
+            f"(each then applied once, above); all terminal {settled:.0f} s after the kill"
         )
         if "running" not in timeline:
             return False, f"{name} was not running again 120 s after kill -9 of its main process"
