@@ -1,7 +1,8 @@
 """docker-compose.yml's application services, each run with its own command and environment.
 
-No Docker engine exists here, so this is how compose's wiring is exercised. The
-test reads docker-compose.yml, interpolates it as compose does (`${VAR:?msg}`,
+This test needs no Docker engine (it runs in `make test`); `make compose-check`
+runs the real stack in Docker (docs/compose.md). The test reads
+docker-compose.yml, interpolates it as compose does (`${VAR:?msg}`,
 `${VAR:-default}`, `$$`) from a test .env mapping (which is also what the
 services' `env_file: .env` hands them), and runs migrate, web, events, worker,
 worker_ai, beat and flower with exactly their `command` and `environment`
@@ -20,7 +21,8 @@ What it rewrites, and nothing else:
   private directories.
 Health checks run as compose runs them: CMD as argv, CMD-SHELL under /bin/sh -c,
 in the service's environment. Images, the Dockerfile build, container
-networking, restart policies and volume persistence are not exercised.
+networking, restart policies and volume persistence are not exercised here;
+`make compose-check` exercises them.
 """
 
 from __future__ import annotations
