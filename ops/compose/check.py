@@ -52,10 +52,10 @@ from typing import Any
 
 import yaml
 
+from infra.settings import ROOT
 from ops.compose import standins
 from ops.compose.engine import run, say
 from ops.compose.stack import Stack, free_block, spelled
-from shared.settings import ROOT
 
 PROJECT = "conveyor-check"
 APP_SERVICES = ("migrate", "web", "events", "worker", "worker_ai", "beat", "flower")

@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from shared.settings import ROOT
+from infra.settings import ROOT
 
 STATE_DIR = ROOT / "var" / "compose"
 # `env_file: [{path: .env, required: false}]` in docker-compose.yml needs 2.24.

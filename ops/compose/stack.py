@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.settings import ROOT
 from ops.compose import standins
 from ops.compose.engine import STATE_DIR, ensure_engine, run, say
-from shared.settings import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOTENV = ROOT / ".env"

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import yaml
 
+from infra.settings import ROOT
 from ops.compose import host
 from ops.compose.engine import STATE_DIR, apt_install, ensure_engine, run, say
-from shared.settings import ROOT
 
 SUITE = "bookworm"
 BASE_TAG = f"conveyor-standin/debian:{SUITE}-minbase"
