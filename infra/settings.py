@@ -193,6 +193,15 @@ class Settings:
     flower_basic_auth: str = _env("FLOWER_BASIC_AUTH", default="")
     # Port of the worker's own Prometheus exporter (task metrics); 0 turns it off.
     worker_metrics_port: int = _env("WORKER_METRICS_PORT", default=0)
+
+    # Private metrics: the bearer token GET /metrics asks for (unset: /metrics
+    # refuses everyone), and the interface the worker's exporter listens on.
+    metrics_token: str = _env("METRICS_TOKEN", default="")
+    worker_metrics_host: str = _env("WORKER_METRICS_HOST", default="127.0.0.1")
+
+    # Poison jobs: a job whose runs were lost this many times (its worker
+    # process died under it) fails with code `worker_lost` instead of running again.
+    poison_max_lost_runs: int = _env("POISON_MAX_LOST_RUNS", default=3)
     # X-Query-Count on every response, to catch N+1 queries; always on outside production.
     debug_query_count: bool = _env("DEBUG_QUERY_COUNT", default=False)
 
@@ -244,6 +253,8 @@ class Settings:
             raise ConfigError(str(exc)) from None
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT must be json or console, got {self.log_format!r}")
+        if self.poison_max_lost_runs < 1:
+            raise ConfigError("POISON_MAX_LOST_RUNS must be at least 1")
         if self.events_ticket_ttl_seconds < 1 or self.events_keepalive_seconds <= 0:
             raise ConfigError(
                 "EVENTS_TICKET_TTL_SECONDS and EVENTS_KEEPALIVE_SECONDS must be positive"

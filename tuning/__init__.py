@@ -107,8 +107,8 @@ def install_web_worker(worker: Any, selection: Selection) -> None:
             applied("gunicorn_balance")
 
 
-def install_celery_worker(selection: Selection) -> None:
-    """A Celery worker process, before its consumer starts (workers/factory.py wire_process)."""
+def install_celery_worker(selection: Selection, *, metrics_token: str = "") -> None:
+    """A Celery command process (worker, beat, Flower), from workers/factory.py wire_process."""
     from infra import gevent_support as gevent_process
 
     if check(selection, "kombu_detached_guard"):
@@ -131,3 +131,8 @@ def install_celery_worker(selection: Selection) -> None:
 
         collector.install_worker_signals()
         applied("collector")
+    from tuning import flower_metrics_auth
+
+    if flower_metrics_auth.flower_loaded() and check(selection, "flower_metrics_auth"):
+        flower_metrics_auth.install(metrics_token)
+        applied("flower_metrics_auth")

@@ -38,6 +38,8 @@ CELERY = "5.7.0"
 FLASK = "3.1.3"
 WERKZEUG = "3.1.9"
 PROMETHEUS_CLIENT = "0.26.0"
+FLOWER = "2.2.0"
+TORNADO = "6.6.1"
 
 ADJUSTMENTS: tuple[Adjustment, ...] = (
     Adjustment(
@@ -106,6 +108,11 @@ ADJUSTMENTS: tuple[Adjustment, ...] = (
     Adjustment(
         "broker_leases", "tuning.broker_leases", REPAIR, _targets(kombu=KOMBU, celery=CELERY),
         "leases on held Redis messages: a dead worker's jobs come back in minutes",
+    ),
+    Adjustment(
+        "flower_metrics_auth", "tuning.flower_metrics_auth", REPAIR,
+        _targets(flower=FLOWER, tornado=TORNADO),
+        "Flower's /metrics behind its basic auth, like every other Flower page",
     ),
 )  # fmt: skip
 

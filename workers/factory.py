@@ -66,4 +66,6 @@ def wire_process(settings: Settings) -> None:
     # `worker_ai` runs `-P gevent`: Celery monkey-patches before importing the
     # app, and psycopg2 must then yield to other greenlets while it waits.
     gevent_support.cooperative_psycopg()
-    tuning.install_celery_worker(tuning.selection_of(settings))
+    tuning.install_celery_worker(
+        tuning.selection_of(settings), metrics_token=settings.metrics_token
+    )
