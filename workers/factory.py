@@ -29,7 +29,10 @@ TASK_MODULES = [
 
 def create_celery_app(settings: Settings) -> Celery:
     """A Celery app whose broker, backend, key prefix and task limits come from `settings`."""
-    app = Celery("conveyor", include=TASK_MODULES, set_as_current=False)
+    # Every task's requests count the runs a dying pool child loses (workers/poison.py).
+    app = Celery(
+        "conveyor", include=TASK_MODULES, set_as_current=False, task_cls="workers.poison:JobTask"
+    )
     app.config_from_object("celeryconfig")
     leases = tuning.enabled(settings, "broker_leases")
     app.conf.update(celery_broker_config(settings, QUEUES, leases=leases))

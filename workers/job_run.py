@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from infra.broker.config import delayable_countdown
 from shared import jobs
-from shared.jobs import ClaimedJob, JobError
+from shared.jobs import ClaimedJob, JobError, poison
 from shared.jobs import status as job_status
 from shared.jobs.claims import finish_job
 from shared.jobs.lifecycle import announce_outcome
@@ -262,6 +262,12 @@ def run_job(
         log.info("job %s already finished or cancelled; skipping", job_id)
         return
     run = JobRun(task, res, job)
+    if poison.is_poison(job.lost_runs, res.settings.poison_max_lost_runs):
+        # Its earlier runs died with their worker process: this one does not start.
+        error = poison.quarantine_error(job.lost_runs)
+        log.error("job %s quarantined: %s", job_id, error.message)
+        run.fail(error)
+        return
     if start_with_first_write:
         run._start_pending = True
     else:

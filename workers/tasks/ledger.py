@@ -13,6 +13,7 @@ from shared.ledger import job_posting
 from shared.ledger.wallet_cache import invalidate_user, user_scope
 from workers import ledger_batches
 from workers.job_run import JobRun, run_job
+from workers.poison import JobTask
 from workers.runtime import resources
 from workers.tasks.webhooks import outbox as webhook_outbox
 
@@ -30,7 +31,7 @@ LEDGER_RETRY = {
 }
 
 
-class BatchedPosting(Task):
+class BatchedPosting(JobTask):
     """A task whose messages the consumer may gather into batches (tuning/celery_ledger_batches.py).
 
     The strategy falls back to Celery's own when the `ledger_batches`
