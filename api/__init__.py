@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         cache,
         docs,
         events,
+        failed_jobs,
         ledger,
         notifications,
         ops,
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     observability.init_app(app, res, list(QUEUES))
     for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp, system.bp, cache.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(failed_jobs.bp)
     tasks.init_poll_reads(app)
     app.register_blueprint(ai.bp)
     # Tickets, and the stream routes as replay-and-close (the events process holds them open).

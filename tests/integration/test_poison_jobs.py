@@ -36,8 +36,10 @@ MAX_LOST_RUNS = 3
 class HoldingUpstream(FakeOpenAIServer):
     """Answers every prompt at once, except those saying "poison": those it holds."""
 
+    holding = True
+
     def default(self, request: RecordedRequest) -> Scripted:
-        if "poison" in json.dumps(request.json):
+        if self.holding and "poison" in json.dumps(request.json):
             return Scripted(delay=300)
         return super().default(request)
 
@@ -64,6 +66,8 @@ def stack(settings, redis_client, tmp_path: Path, upstream):
         # No AI cache, so no single-flight lock: a killed run's lock would make
         # the next run wait out its lifetime (AI_TIMEOUT_SECONDS + 15 s) first.
         cache_enabled=False,
+        admin_username="poison_admin",
+        admin_password=PASSWORD,
     ) as private:
         yield private
 
@@ -227,6 +231,24 @@ def test_an_ai_job_that_kills_its_worker_child_three_times_is_quarantined(stack,
     # The main process counted each lost run as the child died, and acked the third.
     assert stack.deliveries(task_id, "received") == MAX_LOST_RUNS
     assert len([r for r in upstream.requests if "poison" in json.dumps(r.json)]) == MAX_LOST_RUNS
+    # Once the cause is fixed (the upstream answers), a replay runs it like any failed job.
+    upstream.holding = False
+    login = client.post(
+        "/api/v1/auth/login", json={"username": "poison_admin", "password": PASSWORD}
+    )
+    admin = {"Authorization": f"Bearer {login.get_json()['access_token']}"}
+    listed = client.get(
+        "/api/v1/system/failed-jobs", query_string={"error_code": "worker_lost"}, headers=admin
+    ).get_json()
+    assert [item["task_id"] for item in listed["items"]] == [task_id]
+    assert listed["items"][0]["lost_runs"] == MAX_LOST_RUNS
+    replayed = client.post(
+        "/api/v1/system/failed-jobs/replay", json={"task_ids": [task_id]}, headers=admin
+    )
+    assert replayed.status_code == 202 and replayed.get_json()["replayed"] == 1
+    assert wait_for_state(client, poisoned, task_id, timeout=60)["state"] == "SUCCESS"
+    job = _job(stack.resources, task_id)
+    assert (job.lost_runs, job.replays) == (0, 1)
 
 
 @pytest.mark.timeout(400)
