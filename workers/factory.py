@@ -61,9 +61,10 @@ def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
 def wire_process(settings: Settings) -> None:
     """Connect the worker's signal handlers and install its adjustments (idempotent)."""
     from infra import gevent_support
-    from workers import ai_runtime, observability, runtime
+    from workers import ai_runtime, observability, runtime, tracing
 
     observability.install()
+    tracing.install()
     runtime.install()
     ai_runtime.install()
     # `worker_ai` runs `-P gevent`: Celery monkey-patches before importing the

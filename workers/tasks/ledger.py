@@ -7,6 +7,7 @@ import logging
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
+from infra import tracing
 from shared import jobs, ledger
 from shared.jobs.lifecycle import announce_outcome
 from shared.ledger import job_posting
@@ -78,7 +79,7 @@ def _post_in_one_statement(task: Task, job_id: str) -> bool:
         res.statuses,
         res.notifications,
         outcome.owner_id,
-        outcome.status,
+        tracing.with_trace_id(outcome.status),
         outcome.summary,
         webhooks=webhook_outbox(task.app) if outcome.has_webhooks else None,
         first=lambda pipe: res.cache.invalidate(user_scope(outcome.owner_id), pipe=pipe),
