@@ -154,9 +154,15 @@ class _LazyTracer:
 
     def __init__(self, args: tuple, kwargs: dict) -> None:
         self._args, self._kwargs = args, kwargs
+        self._for: Any = None
+        self._tracer: Any = None
 
     def _real(self) -> Any:
-        return _tracer_provider().get_tracer(*self._args, **self._kwargs)
+        # Micro-optimization: one tracer per process's provider, not one per span.
+        provider = _provider
+        if self._for is not provider:
+            self._tracer, self._for = provider.get_tracer(*self._args, **self._kwargs), provider
+        return self._tracer
 
     def start_span(self, *args: Any, **kwargs: Any) -> Any:
         return self._real().start_span(*args, **kwargs)
@@ -185,8 +191,12 @@ def flush() -> None:
         provider.force_flush(timeout_millis=5000)
 
 
+_OWN = _LazyTracer(("conveyor",), {})
+
+
 def tracer() -> Any:
-    return _tracer_provider().get_tracer("conveyor")
+    """Conveyor's own tracer (the current process's)."""
+    return _OWN._real()
 
 
 def span(

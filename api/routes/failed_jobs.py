@@ -26,6 +26,7 @@ from api.openapi import documented
 from api.requests import parse_body, parse_query
 from api.schemas import PageQuery
 from api.security import require_admin
+from infra import tracing
 from shared.jobs import replay
 
 bp = Blueprint("failed_jobs", __name__, url_prefix="/api/v1/system/failed-jobs")
@@ -84,6 +85,8 @@ def replay_failed_jobs() -> tuple[Response, int]:
         selection=body.model_dump(mode="json", exclude={"dry_run"}, exclude_none=True),
         ttl_seconds=res.settings.job_ttl_seconds,
         message_headers=message_headers,
+        # Traced: each replayed job's run continues the replay request's trace.
+        trace_headers=(lambda _job_id: tracing.inject({})) if tracing.ACTIVE else None,
     )
     return jsonify(_accepted_body(outcome)), 202
 
