@@ -26,7 +26,7 @@ from infra.broker.inflight import broker_in_flight
 from shared import maintenance
 from shared.jobs import utcnow
 from shared.models import Job
-from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.openai_server import FakeOpenAIServer, Scripted
 from tests.support.accounts import PASSWORD
 from tests.support.otlp_receiver import Span, running_receiver
 from tests.support.processes import free_port, running_server
@@ -296,3 +296,26 @@ def test_without_a_traceparent_a_trace_starts_and_the_job_carries_it(stack, user
     )
     _one_trace(spans, None)
     assert next(s for s in spans if s.kind == "server").parent_id == ""
+
+
+def test_a_retried_ai_job_stays_one_trace_across_its_attempts(stack, user, receiver, upstream):
+    _start_ai_worker(stack)
+    client, headers = user
+    traceparent, trace_id, client_span = _traceparent()
+    upstream.push(Scripted(status=503))  # the first attempt fails; the retry succeeds
+    prompt = f"retry me {uuid.uuid4().hex}"
+    accepted = _submit(client, headers, "/ai/generate", {"kind": "text", "prompt": prompt},
+                       traceparent)  # fmt: skip
+    done = _wait_state(client, headers, accepted.json()["task_id"])
+    assert done["state"] == "SUCCESS" and done["trace_id"] == trace_id
+
+    def both_runs(_all: list[Span]) -> list[Span] | None:
+        spans = receiver.trace(trace_id)
+        runs = [s for s in spans if s.name == "run/ai.text"]
+        return spans if len(runs) == 2 and _settled(spans) else None
+
+    spans = receiver.wait_for(both_runs)
+    _one_trace(spans, client_span)
+    first, second = sorted((s for s in spans if s.name == "run/ai.text"), key=lambda s: s.start)
+    # The retry was published from inside the first run (Celery's publish, instrumented).
+    assert _descends(spans, second, first)
