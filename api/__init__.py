@@ -10,6 +10,7 @@ from flask import Flask, Response, g, request
 
 import tuning
 from api import dispatch, observability, openapi
+from api import tracing as api_tracing
 from api.errors import register_error_handlers
 from api.hardening import init_hardening
 from api.limits import init_rate_limits
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         cache,
         docs,
         events,
+        failed_jobs,
         ledger,
         notifications,
         ops,
@@ -44,6 +46,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Settings built in code skip from_env; production must still refuse an
     # unsafe configuration (e.g. no SECRET_KEY) before serving anything.
     settings.validate()
+    # Before any engine or Redis client exists, so theirs are traced too (off: nothing).
+    api_tracing.start(settings, "web")
     # Flask, or Flask remembering its per-request answers (tuning/flask_routing.py).
     app_class = Flask
     if tuning.enabled(settings, "flask_routing"):
@@ -64,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     observability.init_app(app, res, list(QUEUES))
     for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp, system.bp, cache.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(failed_jobs.bp)
     tasks.init_poll_reads(app)
     app.register_blueprint(ai.bp)
     # Tickets, and the stream routes as replay-and-close (the events process holds them open).
@@ -80,6 +85,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_hardening(app, settings)
     # Last: it applies the limits views declared, so every blueprint must be in.
     init_rate_limits(app, settings)
+    # Outermost: each request's server span holds everything above (when tracing is on).
+    api_tracing.instrument(app)
     _bootstrap_admin(res)
     return app
 

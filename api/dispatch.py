@@ -17,6 +17,7 @@ from api.admission import ensure_queue_capacity, too_many_inflight
 from api.errors import ApiError
 from api.extensions import resources, submit_batcher
 from api.metrics import JOBS_ACCEPTED
+from infra import tracing
 from shared import jobs
 from shared.jobs.submission import PreparedJob
 from tuning import flask_accepted
@@ -65,22 +66,42 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
     owner_id = flask_g.identity.user_id
     key = idempotency_key(request.environ)
     ensure_queue_capacity(jobs.KIND_QUEUES[kind], app)
+    headers = message_headers(owner_id, flask_g)
+    # Traced: the job's own producer span, its context in the message headers.
+    publish_span = (
+        tracing.start_span(f"publish {kind}", kind="producer") if tracing.ACTIVE else None
+    )
+    if publish_span is not None:
+        tracing.inject(headers, within=publish_span)
     outcome = submit_batcher(app).run(
         PreparedJob(
             owner_id=owner_id,
             kind=kind,
             params=params,
-            headers=message_headers(owner_id, flask_g),
+            headers=headers,
             idempotency_key=key,
             request_fingerprint=jobs.request_hash(kind, request_payload) if key else None,
             max_inflight=settings.max_inflight_jobs,
         )
     )
+    if publish_span is not None:
+        _end_publish_span(publish_span, kind, outcome)
     if isinstance(outcome, Exception):
         raise _refusal(outcome, settings.max_inflight_jobs)
     if not outcome.replayed:
         JOBS_ACCEPTED.labels(kind).inc()
     return _accepted(app, flask_g, kind, outcome.status["task_id"], outcome.replayed)
+
+
+def _end_publish_span(publish_span: Any, kind: str, outcome: Any) -> None:
+    publish_span.set_attribute("messaging.destination.name", jobs.KIND_QUEUES[kind])
+    publish_span.set_attribute("conveyor.job_kind", kind)
+    if isinstance(outcome, Exception):
+        tracing.end_span(publish_span, outcome)
+        return
+    publish_span.set_attribute("messaging.message.id", outcome.status["task_id"])
+    publish_span.set_attribute("conveyor.replayed_key", outcome.replayed)
+    tracing.end_span(publish_span)
 
 
 def _refusal(outcome: Exception, max_inflight: int) -> Exception:

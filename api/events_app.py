@@ -15,6 +15,7 @@ import redis
 from flask import Flask
 
 from api import _finish_request, _start_request, observability
+from api import tracing as api_tracing
 from api.errors import register_error_handlers
 from api.hardening import init_hardening
 from api.limits import init_rate_limits
@@ -38,6 +39,7 @@ def create_events_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or Settings.from_env()
     settings.validate()
+    api_tracing.start(settings, "events")
     app = Flask(__name__)
     app.json.sort_keys = False
     res = Resources.build(settings)
@@ -75,4 +77,5 @@ def create_events_app(settings: Settings | None = None) -> Flask:
     init_stream_tickets(app)
     init_hardening(app, settings)
     init_rate_limits(app, settings)
+    api_tracing.instrument(app)
     return app

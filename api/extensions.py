@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from flask import Flask, current_app
 
+from infra import tracing
 from infra.broker.messages import Publisher
 from shared.jobs.group_commit import GroupCommit
 from shared.jobs.submission import Outcome, PreparedJob, submit_many
@@ -52,7 +53,14 @@ def _build_batcher(res: Resources, jobs_publisher: Publisher) -> GroupCommit[Pre
     def flush(jobs: Sequence[PreparedJob]) -> list[Outcome]:
         # One pool checkout for the whole batch; its one INSERT is atomic on
         # its own, so an autocommit connection spares BEGIN and COMMIT.
-        with res.autocommit_engine.connect() as conn:
+        with (
+            tracing.span(
+                "submit flush",
+                attributes={"conveyor.batch_size": len(jobs)},
+                links=[job.headers for job in jobs],
+            ),
+            res.autocommit_engine.connect() as conn,
+        ):
             return submit_many(conn, jobs_publisher, res.statuses, res.settings, jobs)
 
     return GroupCommit(flush, max_batch=MAX_SUBMIT_BATCH, gather=_let_ready_requests_run)

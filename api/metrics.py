@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import hmac
 import logging
 import os
 import threading
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -26,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, event
 
+from api.errors import ApiError
 from api.limits import unlimited
 from api.openapi import PlainText, documented
 from infra.broker.depth import BrokerUnavailable, QueueDepths
@@ -292,10 +294,28 @@ def scrape_registry(app_registry: CollectorRegistry) -> bytes:
     return base + generate_latest(app_registry)
 
 
+def scrape_authorized(environ: dict, token: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <METRICS_TOKEN>` (never without one)."""
+    scheme, _, supplied = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if not token or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(supplied.strip().encode(), token.encode())
+
+
 @bp.get("/metrics")
 @unlimited
-@documented("Prometheus metrics", auth="none", responses={200: PlainText(CONTENT_TYPE_LATEST)})
+@documented("Prometheus metrics", auth="metrics", responses={200: PlainText(CONTENT_TYPE_LATEST)})
 def metrics() -> Response:
-    """Prometheus text format (unauthenticated: expose it on the internal network only)."""
+    """Prometheus text format, for `Authorization: Bearer <METRICS_TOKEN>` only."""
+    settings = current_app.extensions["conveyor"].settings
+    if not scrape_authorized(request.environ, settings.metrics_token):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <METRICS_TOKEN>"
+            if settings.metrics_token
+            else "metrics are off: set METRICS_TOKEN to scrape them",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     body = scrape_registry(current_app.extensions["conveyor.metrics"])
     return Response(body, mimetype=CONTENT_TYPE_LATEST)

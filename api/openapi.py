@@ -22,7 +22,8 @@ from api.limits import is_unlimited
 from api.responses import ErrorBody, OpenApiDocument
 
 View = TypeVar("View", bound=Callable[..., Any])
-Auth = Literal["none", "user", "admin"]
+# "metrics": the scrape token (METRICS_TOKEN), not a user's access token.
+Auth = Literal["none", "user", "admin", "metrics"]
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 _ATTR = "__openapi__"
@@ -141,7 +142,12 @@ def build_document(app: Flask) -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The server's METRICS_TOKEN (Prometheus scrapes only).",
+                },
             },
         },
     }
@@ -186,7 +192,9 @@ def _operation(
             "required": not operation.body_optional,
             "content": {"application/json": {"schema": refs[(operation.body, "validation")]}},
         }
-    if operation.auth != "none":
+    if operation.auth == "metrics":
+        doc["security"] = [{"metricsToken": []}]
+    elif operation.auth != "none":
         doc["security"] = [{"bearerAuth": []}]
     doc["responses"] = _responses(rule, operation, refs)
     return doc

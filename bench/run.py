@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from bench import event_streams, machine, report, tuning_off, wrk
+from bench import tracing as tracing_bench
 from bench.client import ApiClient, login
 from bench.report import Figure
 from bench.scenarios import PASSWORD, Bench, Options
@@ -28,7 +29,7 @@ from infra.settings import Settings
 IDEAL_AI = Figure("", "ideal", 100.0, "jobs/s")
 
 # Scenario groups `--only` can pick.
-GROUPS = ("web", "drain", "ai", "streams", "tuning")
+GROUPS = ("web", "drain", "ai", "streams", "tuning", "tracing")
 
 # Variables a developer's shell may carry that would point the stack elsewhere.
 _INHERITED = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PROMETHEUS_MULTIPROC_DIR", "PORT")
@@ -153,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             bench.profile_ai(client)
         if "web" in only:
             wallet_on, wallet_off = bench.wallet(client.token, base, client)
+        tracing_ratios: list[tuple] = []
+        if "tracing" in only:
+            # Submit and drain with tracing off, on (100%) and on (1%): bench/tracing.py.
+            tracing_ratios = tracing_bench.measure(bench, run_id, PASSWORD, options.drain_jobs)
         if "streams" in only:
             stream_settings = Settings.from_env(env)
             stream_owner, stream_token = event_streams.bench_user(stream_settings)
@@ -182,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             ("AI, 1 s upstream, concurrency 100 / ideal 100 jobs/s", ai_slow, IDEAL_AI),
             *tuning_off.ratios(conveyor, stock, bench.figure("Ledger worker", "drain rate")),
+            *tracing_ratios,
         ]
         pg_version = db.query("SHOW server_version")[0][0]
         page = report.markdown(

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client import config
+from client import admin_failed, config
 from client.core import STATES, ConveyorClient
 from client.errors import ConveyorError, WaitTimeout
 
@@ -267,3 +267,6 @@ def cancel(ctx: click.Context, task_id: str, as_json: bool) -> None:
         click.echo(json.dumps(status))
     else:
         out.print(f"{status['task_id']} {status['state']}")
+
+
+main.add_command(admin_failed.admin)  # `conveyor admin failed list|replay` (client/admin_failed.py)

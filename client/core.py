@@ -133,6 +133,30 @@ class ConveyorClient:
     def wallet(self) -> dict[str, Any]:
         return self._call("GET", "/api/v1/wallet")
 
+    def failed_jobs(self, *, page: int = 1, limit: int = 50, **filters: Any) -> dict[str, Any]:
+        """Failed jobs (admin): filters kind, error_code, user_id, since, until; newest first."""
+        params = {"page": page, "limit": limit, **filters}
+        return self._call(
+            "GET",
+            "/api/v1/system/failed-jobs",
+            params={k: v for k, v in params.items() if v is not None},
+        )
+
+    def replay_failed(
+        self,
+        *,
+        task_ids: list[str] | None = None,
+        filters: dict[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Run failed jobs again (admin): these task ids, or every failed job matching `filters`."""
+        body: dict[str, Any] = {"dry_run": dry_run}
+        if task_ids is not None:
+            body["task_ids"] = task_ids
+        else:
+            body["filter"] = {k: v for k, v in (filters or {}).items() if v is not None}
+        return self._call("POST", "/api/v1/system/failed-jobs/replay", body)
+
     # --- following a job ----------------------------------------------------------
 
     def events(self, task_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event
+import sqlalchemy
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import sessionmaker
 
 from infra.settings import VAR_DIR, Settings, normalize_database_url
@@ -33,7 +34,7 @@ def create_db_engine(settings: Settings, *, url: str | None = None, **overrides)
     url = normalize_database_url(url) if url else settings.resolved_database_url
     if url.startswith("sqlite"):
         VAR_DIR.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **overrides)
+        engine = sqlalchemy.create_engine(url, connect_args={"timeout": 30}, **overrides)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     options = {
@@ -45,7 +46,10 @@ def create_db_engine(settings: Settings, *, url: str | None = None, **overrides)
         "connect_args": {"options": SESSION_OPTIONS},
     }
     options.update(overrides)
-    return create_engine(url, **options)
+    # Looked up on the module at each call: with tracing on, OpenTelemetry's
+    # SQLAlchemy instrumentation wraps it there (infra/tracing.py), and every
+    # engine made afterwards has SQL spans.
+    return sqlalchemy.create_engine(url, **options)
 
 
 def create_session_factory(engine: Engine) -> sessionmaker:

@@ -11,6 +11,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from infra import tracing
 from infra.redaction import REDACTED, is_secret_name, redact, redact_text
 from infra.settings import Settings
 
@@ -69,6 +70,10 @@ class ContextFilter(logging.Filter):
         for key, value in (_context.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
+        if tracing.ACTIVE:  # a line written inside a span names it
+            for key, value in tracing.log_fields().items():
+                if not hasattr(record, key):
+                    setattr(record, key, value)
         return True
 
 

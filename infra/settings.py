@@ -14,6 +14,12 @@ VAR_DIR = ROOT / "var"
 # X-Query-Count on; production: SECRET_KEY required, nothing insecure by default.
 ENVIRONMENTS = ("development", "production")
 
+# OTEL_TRACES_SAMPLER's values (OpenTelemetry's names).
+SAMPLERS = (
+    "always_on", "always_off", "traceidratio",
+    "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
+)  # fmt: skip
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -196,6 +202,27 @@ class Settings:
     flower_basic_auth: str = _env("FLOWER_BASIC_AUTH", default="")
     # Port of the worker's own Prometheus exporter (task metrics); 0 turns it off.
     worker_metrics_port: int = _env("WORKER_METRICS_PORT", default=0)
+
+    # Private metrics: the bearer token GET /metrics asks for (unset: /metrics
+    # refuses everyone), and the interface the worker's exporter listens on.
+    metrics_token: str = _env("METRICS_TOKEN", default="")
+    worker_metrics_host: str = _env("WORKER_METRICS_HOST", default="127.0.0.1")
+
+    # Tracing (infra/tracing.py), OpenTelemetry's standard variables: off unless
+    # OTEL_TRACES_EXPORTER is otlp (OTLP over HTTP/protobuf) or console.
+    otel_traces_exporter: str = _env("OTEL_TRACES_EXPORTER", default="")
+    otel_exporter_otlp_endpoint: str = _env("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
+    otel_exporter_otlp_traces_endpoint: str = _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", default="")
+    otel_exporter_otlp_protocol: str = _env("OTEL_EXPORTER_OTLP_PROTOCOL", default="http/protobuf")
+    otel_exporter_otlp_headers: str = _env("OTEL_EXPORTER_OTLP_HEADERS", default="")
+    otel_service_name: str = _env("OTEL_SERVICE_NAME", default="")
+    otel_traces_sampler: str = _env("OTEL_TRACES_SAMPLER", default="parentbased_always_on")
+    otel_traces_sampler_arg: str = _env("OTEL_TRACES_SAMPLER_ARG", default="")
+    otel_bsp_schedule_delay: int = _env("OTEL_BSP_SCHEDULE_DELAY", default=5000)
+
+    # Poison jobs: a job whose runs were lost this many times (its worker
+    # process died under it) fails with code `worker_lost` instead of running again.
+    poison_max_lost_runs: int = _env("POISON_MAX_LOST_RUNS", default=3)
     # X-Query-Count on every response, to catch N+1 queries; always on outside production.
     debug_query_count: bool = _env("DEBUG_QUERY_COUNT", default=False)
 
@@ -247,6 +274,16 @@ class Settings:
             raise ConfigError(str(exc)) from None
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT must be json or console, got {self.log_format!r}")
+        if self.otel_traces_exporter not in ("", "none", "otlp", "console"):
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER is otlp, console or none, not {self.otel_traces_exporter!r}"
+            )
+        if self.tracing and self.otel_exporter_otlp_protocol != "http/protobuf":
+            raise ConfigError("OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is installed")
+        if self.tracing and self.otel_traces_sampler not in SAMPLERS:
+            raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(SAMPLERS)}")
+        if self.poison_max_lost_runs < 1:
+            raise ConfigError("POISON_MAX_LOST_RUNS must be at least 1")
         if (
             self.events_ticket_ttl_seconds < 1
             or self.events_keepalive_seconds <= 0
@@ -256,6 +293,11 @@ class Settings:
                 "EVENTS_TICKET_TTL_SECONDS, EVENTS_KEEPALIVE_SECONDS and "
                 "EVENTS_ROW_CHECK_SECONDS must be positive"
             )
+
+    @property
+    def tracing(self) -> bool:
+        """Whether this process exports spans (OTEL_TRACES_EXPORTER set, not `none`)."""
+        return self.otel_traces_exporter not in ("", "none")
 
     @property
     def is_production(self) -> bool:

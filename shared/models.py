@@ -1,4 +1,4 @@
-"""Typed ORM models: users, wallets, ledger entries, job records and webhooks."""
+"""Typed ORM models: users, wallets, ledger entries, job records, webhooks and replays."""
 
 from __future__ import annotations
 
@@ -98,6 +98,13 @@ class Job(Base):
             postgresql_where=text(_UNFINISHED_SQL),
             sqlite_where=text(_UNFINISHED_SQL),
         ),
+        # The admin's failed-jobs listing, newest failure first.
+        Index(
+            "ix_jobs_failed",
+            "finished_at",
+            postgresql_where=text("state = 'FAILURE'"),
+            sqlite_where=text("state = 'FAILURE'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -116,6 +123,12 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(SmallInteger, default=0)
     # Times the lost-message sweep published the job again (bounded; see maintenance).
     redispatches: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    # Runs its worker process died under; at POISON_MAX_LOST_RUNS it fails `worker_lost`.
+    lost_runs: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    # Times an admin replayed it after a failure (same id, a new attempt).
+    replays: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    # The submit's W3C traceparent when it was traced, so a re-publish continues the trace.
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -145,7 +158,10 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         # A job's outcome is delivered to an endpoint once, however often it is announced.
-        UniqueConstraint("endpoint_id", "task_id", "event", name="uq_webhook_deliveries_event"),
+        # A replayed job's new outcome is delivered again: one delivery per replay.
+        UniqueConstraint(
+            "endpoint_id", "task_id", "event", "replay", name="uq_webhook_deliveries_event"
+        ),
         Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
         CheckConstraint(
             "state IN ('pending', 'succeeded', 'failed')", name="ck_webhook_deliveries_state"
@@ -163,6 +179,8 @@ class WebhookDelivery(Base):
     payload: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(SmallInteger, default=0)
+    # The job's replay (jobs.replays) whose outcome this delivers; 0 before any.
+    replay: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -187,3 +205,36 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(String(255))
     attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     duration_ms: Mapped[int] = mapped_column(Integer)
+
+
+class FailedJobReplay(Base):
+    """One admin's replay of failed jobs: who, when, what was asked and how many were queued."""
+
+    __tablename__ = "failed_job_replays"
+    __table_args__ = (Index("ix_failed_job_replays_at", "replayed_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    replayed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    admin_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    admin_username: Mapped[str] = mapped_column(String(64))
+    # The request: {"task_ids": [...]} or {"filter": {...}}.
+    selection: Mapped[dict | None] = mapped_column(JSONType)
+    replayed: Mapped[int] = mapped_column(Integer)
+
+
+class FailedJobReplayItem(Base):
+    """One job of a replay, with the failure it was replayed from (the job's history)."""
+
+    __tablename__ = "failed_job_replay_items"
+    __table_args__ = (Index("ix_failed_job_replay_items_job", "job_id"),)
+
+    replay_id: Mapped[int] = mapped_column(
+        ForeignKey("failed_job_replays.id", ondelete="CASCADE"), primary_key=True
+    )
+    # No foreign key: the record outlives the job row's retention.
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    owner_id: Mapped[int] = mapped_column(BigInteger)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(String(500))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

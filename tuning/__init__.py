@@ -99,10 +99,10 @@ def install_web_worker(worker: Any, selection: Selection) -> None:
     log.info("tuning of this web worker: %s", summary())
 
 
-def install_celery_worker(selection: Selection) -> None:
-    """A Celery worker process, before its consumer starts (workers/factory.py wire_process)."""
+def install_celery_worker(selection: Selection, *, metrics_token: str = "") -> None:
+    """A Celery command process (worker, beat, Flower), from workers/factory.py wire_process."""
     from infra import gevent_support
-    from tuning import collector, kombu_detached_guard, kombu_redis
+    from tuning import collector, flower_metrics_auth, kombu_detached_guard, kombu_redis
 
     _apply(selection, "kombu_detached_guard", kombu_detached_guard.install)
     _apply(selection, "kombu_client_reuse", kombu_redis.install)
@@ -111,6 +111,8 @@ def install_celery_worker(selection: Selection) -> None:
 
         _apply(selection, "redis_zero_poll", redis_zero_poll.install)
     _apply(selection, "collector", collector.install_worker_signals)
+    if flower_metrics_auth.flower_loaded():
+        _apply(selection, "flower_metrics_auth", lambda: flower_metrics_auth.install(metrics_token))
     log.info("tuning of this worker: %s", summary())
 
 

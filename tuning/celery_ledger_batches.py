@@ -85,6 +85,8 @@ class Item:
     task_id: str
     job_id: str
     sent_at: float | None
+    # The message's W3C traceparent: each job's run is a span of its own trace.
+    traceparent: str | None = None
 
 
 def strategy(task: Task, app: Celery, consumer: Any, **options: Any) -> Callable[..., Any]:
@@ -181,7 +183,11 @@ class Batcher:
                         extra={**self._log_fields(held), "queue_wait_ms": wait_ms,
                                "batch_size": len(batch)},
                     )  # fmt: skip
-            items = [Item(h.task_id, h.job_id, _float(h.headers.get("sent_at"))) for h in batch]
+            items = [
+                Item(h.task_id, h.job_id, _float(h.headers.get("sent_at")),
+                     h.headers.get("traceparent"))
+                for h in batch
+            ]  # fmt: skip
             self.pool.apply_async(
                 self.target,
                 args=(*self.target_args, items),

@@ -39,6 +39,8 @@ FLASK = "3.1.3"
 WERKZEUG = "3.1.9"
 PROMETHEUS_CLIENT = "0.26.0"
 HTTPX = "0.28.1"
+FLOWER = "2.2.0"
+TORNADO = "6.6.1"
 
 ADJUSTMENTS: tuple[Adjustment, ...] = (
     Adjustment(
@@ -111,6 +113,11 @@ ADJUSTMENTS: tuple[Adjustment, ...] = (
     Adjustment(
         "broker_leases", "tuning.broker_leases", REPAIR, _targets(kombu=KOMBU, celery=CELERY),
         "leases on held Redis messages: a dead worker's jobs come back in minutes",
+    ),
+    Adjustment(
+        "flower_metrics_auth", "tuning.flower_metrics_auth", REPAIR,
+        _targets(flower=FLOWER, tornado=TORNADO),
+        "Flower's /metrics behind its basic auth, like every other Flower page",
     ),
 )  # fmt: skip
 

@@ -29,7 +29,10 @@ TASK_MODULES = [
 
 def create_celery_app(settings: Settings) -> Celery:
     """A Celery app whose broker, backend, key prefix and task limits come from `settings`."""
-    app = Celery("conveyor", include=TASK_MODULES, set_as_current=False)
+    # Every task's requests count the runs a dying pool child loses (workers/poison.py).
+    app = Celery(
+        "conveyor", include=TASK_MODULES, set_as_current=False, task_cls="workers.poison:JobTask"
+    )
     app.config_from_object("celeryconfig")
     leases = tuning.enabled(settings, "broker_leases")
     app.conf.update(celery_broker_config(settings, QUEUES, leases=leases))
@@ -58,12 +61,15 @@ def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
 def wire_process(settings: Settings) -> None:
     """Connect the worker's signal handlers and install its adjustments (idempotent)."""
     from infra import gevent_support
-    from workers import ai_runtime, observability, runtime
+    from workers import ai_runtime, observability, runtime, tracing
 
     observability.install()
+    tracing.install()
     runtime.install()
     ai_runtime.install()
     # `worker_ai` runs `-P gevent`: Celery monkey-patches before importing the
     # app, and psycopg2 must then yield to other greenlets while it waits.
     gevent_support.cooperative_psycopg()
-    tuning.install_celery_worker(tuning.selection_of(settings))
+    tuning.install_celery_worker(
+        tuning.selection_of(settings), metrics_token=settings.metrics_token
+    )

@@ -14,9 +14,10 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from infra import tracing
 from infra.broker.config import delayable_countdown
 from shared import jobs
-from shared.jobs import ClaimedJob, JobError
+from shared.jobs import ClaimedJob, JobError, poison
 from shared.jobs import status as job_status
 from shared.jobs.claims import finish_job
 from shared.jobs.lifecycle import announce_outcome
@@ -42,7 +43,8 @@ class JobRun:
         self.res = res
         self.job = job
         self.final_status: dict[str, Any] | None = None
-        self.status: dict[str, Any] = job_status.started_document(job)
+        # Traced, every document of this attempt names its trace (the task run's).
+        self.status: dict[str, Any] = tracing.with_trace_id(job_status.started_document(job))
         # Whether the owner has webhook endpoints, as the finishing statement saw it.
         self._has_webhooks = True
         # The STARTED document not yet written: it goes with the next write, in its trip.
@@ -193,6 +195,7 @@ class JobRun:
         self._announce(self.final_status, summary)
 
     def _announce(self, status: dict[str, Any], message: str) -> None:
+        status = tracing.with_trace_id(status)
         announce_outcome(
             self.res.statuses,
             self.res.notifications,
@@ -262,6 +265,12 @@ def run_job(
         log.info("job %s already finished or cancelled; skipping", job_id)
         return
     run = JobRun(task, res, job)
+    if poison.is_poison(job.lost_runs, res.settings.poison_max_lost_runs):
+        # Its earlier runs died with their worker process: this one does not start.
+        error = poison.quarantine_error(job.lost_runs)
+        log.error("job %s quarantined: %s", job_id, error.message)
+        run.fail(error)
+        return
     if start_with_first_write:
         run._start_pending = True
     else:

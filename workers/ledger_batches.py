@@ -17,6 +17,7 @@ import uuid
 import redis
 from celery import Task, current_app
 
+from infra import tracing
 from shared import jobs
 from shared.jobs.lifecycle import queue_outcome, queue_webhooks
 from shared.ledger import job_posting
@@ -35,13 +36,51 @@ def run_batch_by_name(task_name: str, items: list[Item]) -> list[int]:
 def run_batch(task: Task, items: list[Item]) -> list[int]:
     """Post `items` in one call and announce them; the indexes to hand back to Celery.
 
-    Never raises: a failure hands the whole batch back, untouched.
+    Never raises: a failure hands the whole batch back, untouched. Traced,
+    each job's run is a consumer span of its own trace, and the batch's call
+    (its SQL and Redis spans) a child of the first job's, linked to the rest.
     """
+    if not tracing.ACTIVE:
+        return _run_batch(task, items)
+    runs = [
+        tracing.start_span(
+            f"run/{task.name}",
+            kind="consumer",
+            parent={"traceparent": item.traceparent} if item.traceparent else {},
+            attributes={
+                "celery.task_name": task.name,
+                "messaging.message.id": item.task_id,
+                "conveyor.batch_size": len(items),
+            },
+        )
+        for item in items
+    ]
+    contexts = [tracing.context_of(run) for run in runs]
+    with tracing.span(
+        f"batch/{task.name}",
+        parent=contexts[0],
+        links=contexts[1:],
+        attributes={"conveyor.batch_size": len(items)},
+    ):
+        handed_back = _run_batch(task, items, contexts)
+    back = set(handed_back)
+    for index, run in enumerate(runs):
+        run.set_attribute("conveyor.handed_back", index in back)
+        tracing.end_span(run)
+    return handed_back
+
+
+def _run_batch(task: Task, items: list[Item], contexts: list[dict] | None = None) -> list[int]:
     started = time.perf_counter()
     parsed = [jobs.parse_job_id(item.job_id) for item in items]
     valid = [job_id for job_id in parsed if job_id is not None]
+    traces = (
+        {str(job_id): ctx.get("traceparent") for job_id, ctx in zip(parsed, contexts, strict=True)}
+        if contexts
+        else {}
+    )
     try:
-        outcomes = _post(task, valid) if valid else {}
+        outcomes = _post(task, valid, traces) if valid else {}
     except Exception:
         log.warning(
             "ledger batch of %d not posted; each job runs on its own", len(items), exc_info=True
@@ -56,7 +95,9 @@ def run_batch(task: Task, items: list[Item]) -> list[int]:
     return handed_back
 
 
-def _post(task: Task, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, job_posting.PostOutcome]:
+def _post(
+    task: Task, job_ids: list[uuid.UUID], traces: dict
+) -> dict[uuid.UUID, job_posting.PostOutcome]:
     res = resources(task.app)
     with res.autocommit_engine.connect() as conn:
         outcomes = job_posting.post_jobs(conn, job_ids, now=jobs.utcnow())
@@ -78,7 +119,9 @@ def _post(task: Task, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, job_posting.P
         for owner_id in {o.owner_id for o in posted}:
             res.cache.invalidate(user_scope(owner_id), pipe=pipe)
         for o in posted:
-            queue_outcome(pipe, res.statuses, res.notifications, o.owner_id, o.status, o.summary)
+            traced = traces.get(o.status["task_id"]) if traces else None
+            status = tracing.with_trace_id(o.status, traced) if traced else o.status
+            queue_outcome(pipe, res.statuses, res.notifications, o.owner_id, status, o.summary)
         pipe.execute()
     except redis.RedisError:
         log.warning("outcomes of %d ledger jobs not published: Redis unavailable", len(posted))

@@ -172,8 +172,10 @@ def _task_retried(sender: Task | None = None, **_kwargs: Any) -> None:
         task_metrics()["retried"].labels(sender.name).inc()
 
 
-def start_metrics_server(port: int, *, multiprocess_dir: str | None = None) -> Any:
-    """Serve task metrics on `port` (aggregating `multiprocess_dir` when given)."""
+def start_metrics_server(
+    port: int, *, multiprocess_dir: str | None = None, host: str = "127.0.0.1"
+) -> Any:
+    """Serve task metrics on `host`:`port` (aggregating `multiprocess_dir` when given)."""
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
     registry = REGISTRY
@@ -182,13 +184,14 @@ def start_metrics_server(port: int, *, multiprocess_dir: str | None = None) -> A
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)
-    server, _thread = start_http_server(port, registry=registry)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     return server
 
 
 def _worker_init(sender: Any = None, **_kwargs: Any) -> None:
     global _metrics_dir
-    port = sender.app.conf.conveyor_settings.worker_metrics_port
+    settings = sender.app.conf.conveyor_settings
+    port = settings.worker_metrics_port
     # Never write into a directory inherited from the web process's environment.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if not port:
@@ -202,9 +205,13 @@ def _worker_init(sender: Any = None, **_kwargs: Any) -> None:
         # files in a directory private to this worker and fresh on every start.
         _metrics_dir = tempfile.mkdtemp(prefix="conveyor-worker-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
-    _choose_value_class(sender.app.conf.conveyor_settings)
-    start_metrics_server(port, multiprocess_dir=_metrics_dir)
-    log.info("task metrics on :%s (%s)", port, "multiprocess" if _metrics_dir else "in-process")
+    _choose_value_class(settings)
+    # Loopback unless WORKER_METRICS_HOST says otherwise: the exporter has no auth.
+    host = settings.worker_metrics_host
+    start_metrics_server(port, multiprocess_dir=_metrics_dir, host=host)
+    log.info(
+        "task metrics on %s:%s (%s)", host, port, "multiprocess" if _metrics_dir else "in-process"
+    )
 
 
 def _choose_value_class(settings: Any) -> None:

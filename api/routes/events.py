@@ -14,6 +14,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, Field
 
+from api import tracing as api_tracing
 from api.errors import ApiError, not_found
 from api.extensions import resources
 from api.limits import poll_limited
@@ -162,7 +163,13 @@ def _stream(job_id: str | None, owner_id: int, after: str | None) -> JobStream:
 
 
 def _response(stream: JobStream, replay: list[Any], ending: dict[str, Any] | None) -> Response:
-    response = Response(stream.frames(replay, ending), mimetype="text/event-stream")
+    # Traced as long as it is open: Flask's own span ends when this view returns.
+    frames = api_tracing.stream_span(
+        stream.frames(replay, ending),
+        "stream job events" if stream.job_id else "stream user events",
+        {"conveyor.task_id": stream.job_id or "", "http.route": request.url_rule.rule},
+    )
+    response = Response(frames, mimetype="text/event-stream")
     # Proxies (nginx) must pass each event on at once, not buffer the stream.
     response.headers["X-Accel-Buffering"] = "no"
     response.call_on_close(stream.close)

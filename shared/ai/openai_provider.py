@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from infra import tracing
 from shared.ai.errors import AIError, redact
 from shared.ai.outline import outline_messages, parse_outline
 from shared.ai.request import AIRequest
@@ -215,13 +216,27 @@ class OpenAIProvider:
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        if self._connections is not None and tracing.ACTIVE:
+            return self._traced_post(path, body)
+        return self._exchange(path, body, self._headers)
+
+    def _traced_post(self, path: str, body: bytes) -> dict[str, Any]:
+        """`_exchange` in a client span (httpx's instrumentation covers the httpx path)."""
+        attributes = {"http.request.method": "POST", "url.full": self.base_url + path}
+        with tracing.span(f"POST {path}", kind="client", attributes=attributes) as span:
+            # The upstream may trace too: it continues ours.
+            response = self._exchange(path, body, tracing.inject(dict(self._headers)))
+            span.set_attribute("gen_ai.request.model", self.model)
+            return response
+
+    def _exchange(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
         try:
             if self._connections is not None:
-                response = self._connections.post(path, body, self._headers)
+                response = self._connections.post(path, body, headers)
             else:
                 assert self._client is not None
                 response = self._client.post(
-                    self.base_url + path, content=body, headers=self._headers, timeout=self.timeout
+                    self.base_url + path, content=body, headers=headers, timeout=self.timeout
                 )
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise AIError(

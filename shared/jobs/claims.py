@@ -10,7 +10,7 @@ import json
 import uuid
 from typing import Any, NamedTuple
 
-from sqlalchemy import JSON, Connection, bindparam, exists, func, literal, select, update
+from sqlalchemy import JSON, Connection, bindparam, case, exists, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -41,7 +41,11 @@ _CLAIMED_COLUMNS = (
     _JOBS.c.attempts,
     _JOBS.c.created_at,
     _JOBS.c.expires_at,
+    _JOBS.c.lost_runs,
 )
+# A claim that finds the job STARTED takes over a run that never reported an
+# end: its worker process died under it (shared/jobs/poison.py). That run counts.
+_RUN_LOST = case((_JOBS.c.state.in_([literal("STARTED"), literal("PROGRESS")]), 1), else_=0)
 _CLAIM = (
     update(_JOBS)
     .where(_JOBS.c.id == bindparam("job_id"), _UNFINISHED_STATE)
@@ -49,6 +53,7 @@ _CLAIM = (
         state="STARTED",
         message="started",
         attempts=_JOBS.c.attempts + 1,
+        lost_runs=_JOBS.c.lost_runs + _RUN_LOST,
         started_at=func.coalesce(
             _JOBS.c.started_at, bindparam("now", type_=_JOBS.c.started_at.type)
         ),
@@ -105,9 +110,10 @@ _CLAIM_PREPARED = PreparedStatement(
     "conveyor_claim_job",
     f"""
 UPDATE jobs SET state = 'STARTED', message = 'started', attempts = attempts + 1,
+       lost_runs = lost_runs + CASE WHEN state IN ('STARTED', 'PROGRESS') THEN 1 ELSE 0 END,
        started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
 WHERE id = %(job_id)s AND state IN ({UNFINISHED_SQL})
-RETURNING id, owner_id, kind, params, attempts, created_at, expires_at
+RETURNING id, owner_id, kind, params, attempts, created_at, expires_at, lost_runs
 """,  # noqa: S608
     types={"job_id": "uuid", "now": "timestamptz"},
     settings=_LOOKUP_SETTINGS,
@@ -170,6 +176,7 @@ def claim(conn: Connection | Session, job_id: uuid.UUID) -> ClaimedJob | None:
         attempts=row.attempts,
         created_at=row.created_at,
         expires_at=row.expires_at,
+        lost_runs=row.lost_runs,
     )
 
 

@@ -67,6 +67,8 @@ class ClaimedJob:
     attempts: int
     created_at: datetime
     expires_at: datetime
+    # Earlier runs its worker process died under (jobs.lost_runs, this claim's count included).
+    lost_runs: int = 0
 
 
 def utcnow() -> datetime:

@@ -224,3 +224,22 @@ def cancel_job(session: Session, job_id: uuid.UUID, owner_id: int) -> dict[str, 
     if current is None:
         raise JobNotFound(str(job_id))
     raise JobAlreadyFinished(current)
+
+
+def remember_trace_parents(conn: Connection, traced: list[tuple[str, str]]) -> None:
+    """Keep each (job id, traceparent) on its row, so a re-published message continues the trace."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "UPDATE jobs SET trace_parent = t.parent"
+            " FROM unnest(%(ids)s::uuid[], %(parents)s::text[]) AS t(id, parent)"
+            " WHERE jobs.id = t.id",
+            {"ids": [job_id for job_id, _ in traced], "parents": [p for _, p in traced]},
+        )
+        return
+    for job_id, parent in traced:
+        conn.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(trace_parent=parent))
+
+
+def trace_parent(session: Session, job_id: uuid.UUID) -> str | None:
+    """The traceparent the job's submit was traced under (None: untraced, or not sampled)."""
+    return session.scalar(select(Job.trace_parent).where(Job.id == job_id))

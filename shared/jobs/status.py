@@ -135,6 +135,16 @@ class StatusStore:
         ticket = self._enqueued(keys=keys, args=args)
         return int(ticket) or None
 
+    def queue_reopened(self, pipe: StatusPipeline, owner_id: int, status: dict[str, Any]) -> None:
+        """Queue a replayed job's PENDING document, new queue ticket and event on `pipe`.
+
+        The one write that replaces a terminal document: an admin reopened the
+        job (shared/jobs/replay.py), before its new message is published.
+        """
+        keys, args = self._enqueued_call(owner_id, status)
+        pipe.delete(keys[0])
+        pipe.run_script(self._enqueued, keys, args)
+
     def queue_enqueued(
         self, pipe: redis.client.Pipeline | Any, owner_id: int, status: dict[str, Any]
     ) -> None:

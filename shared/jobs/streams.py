@@ -109,11 +109,16 @@ class JobStream:
         return self.log.user_events(self.owner_id, self.after)
 
     def _send(self, events: list[Event]) -> Iterator[str]:
-        """Frames for `events` newer than the last one sent; returns True after a job's end."""
-        for event in newer(events, self.after):
+        """Frames for `events` newer than the last one sent; returns True after a job's end.
+
+        A terminal event that later events follow is not the end: the job was
+        replayed after it (shared/jobs/replay.py), and the replay goes on.
+        """
+        fresh = newer(events, self.after)
+        for index, event in enumerate(fresh):
             yield frame(event)
             self.after = event.id
-            if self.job_id is not None and is_terminal(event):
+            if self.job_id is not None and is_terminal(event) and index == len(fresh) - 1:
                 return True
         return False
 

@@ -23,9 +23,10 @@ from typing import Any
 import redis
 from sqlalchemy import Connection
 
+from infra import tracing
 from infra.broker.messages import BrokerError, JobMessage, Publisher
 from infra.settings import Settings
-from shared.jobs import admission_batch
+from shared.jobs import admission_batch, records
 from shared.jobs.kinds import KIND_QUEUES
 from shared.jobs.model import (
     IdempotencyKeyReused,
@@ -152,9 +153,32 @@ def submit_many(
         if isinstance(outcome, Submission) and not outcome.replayed:
             fresh.append(index)
         outcomes.append(outcome)
+    if fresh and tracing.ACTIVE:
+        _traced(conn, jobs, outcomes, fresh)
     if fresh:
         _publish(conn, publisher, statuses, settings, jobs, outcomes, fresh)
     return outcomes
+
+
+def _traced(
+    conn: Connection, jobs: Sequence[PreparedJob], outcomes: list[Outcome], fresh: list[int]
+) -> None:
+    """Each traced job's trace id in its PENDING document, and its context on its row.
+
+    The row keeps a sampled traceparent so that a re-published message (the
+    lost-message sweep, the stuck-job reaper) continues the job's trace.
+    """
+    kept = []
+    for i in fresh:
+        traceparent = jobs[i].headers.get("traceparent")
+        status = outcomes[i].status  # type: ignore[union-attr]
+        trace_id = tracing.trace_id_of(traceparent)
+        if trace_id:
+            status["trace_id"] = trace_id
+        if tracing.is_sampled(traceparent):
+            kept.append((status["task_id"], traceparent))
+    if kept:
+        records.remember_trace_parents(conn, kept)
 
 
 def _record_alone(conn: Connection, settings: Settings, job: PreparedJob) -> Outcome:
@@ -298,6 +322,8 @@ def _submit_alone(
 ) -> Outcome:
     """The single path for one job of a batch (SQLite): record, publish, PENDING document."""
     submission = _record_and_publish(conn, publisher, settings, job)
+    if isinstance(submission, Submission) and not submission.replayed and tracing.ACTIVE:
+        _traced(conn, [job], [submission], [0])
     if isinstance(submission, Submission) and not submission.replayed and statuses is not None:
         try:
             statuses.record_enqueued(job.owner_id, submission.status)

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.jobs.model import isoformat, utcnow
-from shared.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.models import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ def record_deliveries(session: Session, owner_id: int, status: dict[str, Any]) -
     now = utcnow()
     payload = event_payload(event, status, now)
     task_id = uuid.UUID(status["task_id"])
+    # A replayed job's outcome is a delivery of its own (one per replay).
+    replay = session.scalar(select(Job.replays).where(Job.id == task_id)) or 0
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[
         session.get_bind().dialect.name
     ]
@@ -81,11 +83,12 @@ def record_deliveries(session: Session, owner_id: int, status: dict[str, Any]) -
                     "attempts": 0,
                     "created_at": now,
                     "next_attempt_at": now,
+                    "replay": replay,
                 }
                 for endpoint_id in matching
             ]
         )
-        .on_conflict_do_nothing(index_elements=["endpoint_id", "task_id", "event"])
+        .on_conflict_do_nothing(index_elements=["endpoint_id", "task_id", "event", "replay"])
         .returning(WebhookDelivery.id)
     )
     return [str(delivery_id) for delivery_id in session.scalars(statement)]

@@ -59,6 +59,8 @@ class RecordedRequest:
     headers: dict[str, str]
     body: bytes
     received_at: float = field(default_factory=time.monotonic)  # for gaps between requests
+    # The client's source port: which process made the call (tests/integration/test_poison_jobs.py).
+    peer_port: int = 0
 
     @property
     def json(self) -> Any:
@@ -249,6 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
             path=self.path,
             headers={k.lower(): v for k, v in self.headers.items()},
             body=self.rfile.read(length),
+            peer_port=self.client_address[1],
         )
         if recorded.path not in (CHAT_PATH, IMAGES_PATH):
             fake._record(recorded)

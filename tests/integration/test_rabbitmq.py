@@ -28,6 +28,7 @@ from tests.fakes.openai_server import FakeOpenAIServer, Scripted
 from tests.support.accounts import register_and_login
 from tests.support.apps import app_with
 from tests.support.environment import RUN_ID, process_environment
+from tests.support.metrics import scrape_headers
 from tests.support.polling import wait_for_state
 from tests.support.processes import free_port
 from tests.support.rabbitmq import (
@@ -221,7 +222,7 @@ def test_metrics_queue_depth_is_rabbitmqs_count(web, user, broker_url, idle):
     for amount in (1, 2):
         _credit(web, headers, amount)
     _post(web, headers, "/ai/generate", {"kind": "text", "prompt": "depth", "options": {}})
-    text = web.get("/metrics").get_data(as_text=True)
+    text = web.get("/metrics", headers=scrape_headers()).get_data(as_text=True)
     assert _gauge(text, "conveyor_broker_up") == 1
     for queue in QUEUES:
         expected = queue_counts(broker_url, queue)[0]
@@ -240,7 +241,7 @@ def test_a_dead_broker_is_a_503_naming_it_not_a_500(settings, redis_client):
             response = client.post("/api/v1/transactions", json=body, headers=headers)
             assert response.status_code == 503, response.get_json()
             assert response.get_json()["error"]["details"] == {"dependency": "broker"}
-            text = client.get("/metrics").get_data(as_text=True)
+            text = client.get("/metrics", headers=scrape_headers()).get_data(as_text=True)
             assert _gauge(text, "conveyor_broker_up") == 0
         finally:
             app.extensions["conveyor.queue_depths"].close()

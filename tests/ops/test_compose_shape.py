@@ -64,6 +64,7 @@ DOTENV = {
     "SECRET_KEY": "compose-shape-test-secret-key-abcdefghijklmnopqrstuvwxyz",
     "POSTGRES_PASSWORD": "compose-shape-pw",
     "FLOWER_BASIC_AUTH": "ops:compose-shape-flower",
+    "METRICS_TOKEN": "compose-shape-metrics-token",
 }
 LONG_RUNNING = ("beat", "worker", "worker_ai", "web", "events", "flower")  # beat first: its clock
 HEALTH_DEADLINE = 90.0

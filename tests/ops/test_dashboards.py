@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.settings import ROOT
+from tests.support.metrics import scrape_headers
 from workers.observability import batch_metrics, task_metrics
 
 DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "conveyor.json"
@@ -35,7 +36,8 @@ def exported_sample_names(client) -> set[str]:
     """Every sample name the API's /metrics and the workers' registry expose."""
     task_metrics()  # the worker's metrics exist once a task has run; create them
     batch_metrics()
-    texts = [client.get("/metrics").get_data(as_text=True), generate_latest(REGISTRY).decode()]
+    scraped = client.get("/metrics", headers=scrape_headers()).get_data(as_text=True)
+    texts = [scraped, generate_latest(REGISTRY).decode()]
     names: set[str] = set()
     for text in texts:
         for family in text_string_to_metric_families(text):
@@ -80,6 +82,15 @@ def test_prometheus_scrapes_web_workers_and_flower():
     assert {"web", "worker", "flower"} <= jobs.keys()
     worker_names = jobs["worker"]["dns_sd_configs"][0]["names"]
     assert {"worker", "worker_ai"} <= set(worker_names)
+    # The API's /metrics and Flower's ask for the scrape token; compose mounts it as a secret.
+    for name in ("web", "flower"):
+        assert jobs[name]["authorization"] == {
+            "type": "Bearer",
+            "credentials_file": "/run/secrets/metrics_token",
+        }
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["services"]["prometheus"]["secrets"] == ["metrics_token"]
+    assert compose["secrets"]["metrics_token"] == {"environment": "METRICS_TOKEN"}
 
 
 def test_compose_monitoring_profile_provisions_the_dashboard():

@@ -7,14 +7,16 @@ import sys
 import urllib.request
 import uuid
 
+import pytest
 from prometheus_client import REGISTRY, generate_latest
 
 from api.metrics import QueueDepthCollector
 from infra.broker.depth import RedisQueueDepths
-from infra.settings import ROOT
+from infra.settings import ROOT, Settings
 from shared.resources import AUTOCOMMIT_POOL_SIZE
+from tests.support.apps import app_with
 from tests.support.environment import process_environment
-from tests.support.metrics import samples, scrape, value
+from tests.support.metrics import samples, scrape, scrape_headers, value
 from tests.support.polling import wait_for_state
 from tests.support.processes import free_port
 from workers.observability import start_metrics_server
@@ -46,6 +48,45 @@ def test_http_metrics_move_with_traffic(client):
         == 0
     )
     assert ("conveyor_http_requests_in_flight", frozenset()) in samples(after)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong-token", "Basic dGVzdC1tZXRyaWNzLXRva2Vu", "Bearer", "test-metrics-token"],
+)
+def test_metrics_without_the_scrape_token_are_refused(client, authorization):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
+    assert "conveyor_" not in response.get_data(as_text=True)
+
+
+def test_metrics_with_the_scrape_token_are_served(client):
+    response = client.get("/metrics", headers=scrape_headers())
+    assert response.status_code == 200
+    assert "conveyor_http_requests_in_flight" in response.get_data(as_text=True)
+
+
+def test_without_a_configured_token_nobody_can_scrape(settings):
+    with app_with(settings, metrics_token="") as app:
+        for headers in ({}, {"Authorization": "Bearer "}, scrape_headers()):
+            response = app.test_client().get("/metrics", headers=headers)
+            assert response.status_code == 401
+            assert "METRICS_TOKEN" in response.get_json()["error"]["message"]
+
+
+def test_the_worker_exporter_listens_on_loopback_unless_told_otherwise(worker, celery_app):
+    port = free_port()
+    server = start_metrics_server(port)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert Settings.from_env({}).worker_metrics_host == "127.0.0.1"
+    assert Settings.from_env({"WORKER_METRICS_HOST": "0.0.0.0"}).worker_metrics_host == "0.0.0.0"
 
 
 def test_jobs_accepted_counts_new_jobs_not_replays(client, make_user):

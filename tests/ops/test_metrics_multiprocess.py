@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
 from api.metrics import FLUSH_SECONDS
 from tests.support.environment import process_environment
-from tests.support.metrics import value
+from tests.support.metrics import scrape_headers, value
 from tests.support.processes import free_port, running_server
 
 
@@ -84,7 +84,7 @@ def test_the_procfile_web_line_alone_aggregates_workers(database_url: str, tmp_p
 
 def _two_workers_add_up(base: str, metrics_dir: Path) -> None:
     labels = {"route": "/healthz", "method": "GET", "status": "200"}
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(_scrape_request(base), timeout=10) as response:
         before = value(
             response.read().decode(), "conveyor_http_request_duration_seconds_count", **labels
         )
@@ -137,8 +137,12 @@ def test_stopping_workers_fold_their_last_requests(database_url: str, tmp_path: 
     assert value(text, "conveyor_http_request_duration_seconds_count", **labels) == 60
 
 
+def _scrape_request(base: str) -> urllib.request.Request:
+    return urllib.request.Request(f"{base}/metrics", headers=scrape_headers())
+
+
 def _scrape(base: str) -> str:
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(_scrape_request(base), timeout=10) as response:
         return response.read().decode()
 
 

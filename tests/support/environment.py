@@ -41,6 +41,8 @@ TEST_ENV = {
     "RATELIMIT_AI": "100000/hour",
     "RATELIMIT_POLL": "100000/minute",
     "AI_PROVIDER": "offline",
+    # /metrics asks for it (tests/support/metrics.py sends it).
+    "METRICS_TOKEN": "test-metrics-token",
     "LOG_LEVEL": "WARNING",
     # The suite runs both ways: CI runs it again with CONVEYOR_TUNING=off (stock libraries).
     "CONVEYOR_TUNING": TUNING,

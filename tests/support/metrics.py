@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.environment import TEST_ENV
+
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
     """Every sample of an exposition, keyed by (name, labels)."""
@@ -18,8 +20,13 @@ def value(text: str, name: str, **labels: str) -> float:
     return samples(text).get((name, frozenset(labels.items())), 0.0)
 
 
+def scrape_headers() -> dict[str, str]:
+    """What Prometheus sends: the run's METRICS_TOKEN as a bearer token."""
+    return {"Authorization": f"Bearer {TEST_ENV['METRICS_TOKEN']}"}
+
+
 def scrape(client) -> str:
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=scrape_headers())
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
     return response.get_data(as_text=True)

@@ -21,7 +21,9 @@ def test_on_selects_everything_and_off_keeps_only_the_repairs():
     assert tuning.Selection.parse(None).on == SPEED | REPAIRS
     assert tuning.Selection.parse("on").on == SPEED | REPAIRS
     assert tuning.Selection.parse("off").on == REPAIRS
-    assert {"kombu_detached_guard", "broker_leases", "prometheus_mode"} == REPAIRS
+    assert {
+        "kombu_detached_guard", "broker_leases", "prometheus_mode", "flower_metrics_auth"
+    } == REPAIRS  # fmt: skip
     assert tuning.Selection.parse("off").all_speed_off
 
 

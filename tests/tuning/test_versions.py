@@ -17,7 +17,10 @@ from tuning import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every third-party library an adjustment reaches into.
-WATCHED = ("gunicorn", "gevent", "kombu", "celery", "redis", "hiredis", "flask", "werkzeug")
+WATCHED = (
+    "gunicorn", "gevent", "kombu", "celery", "redis", "hiredis", "flask", "werkzeug", "flower",
+    "tornado",
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("adjustment", tuning.ADJUSTMENTS, ids=lambda a: a.name)

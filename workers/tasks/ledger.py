@@ -7,12 +7,14 @@ import logging
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
+from infra import tracing
 from shared import jobs, ledger
 from shared.jobs.lifecycle import announce_outcome
 from shared.ledger import job_posting
 from shared.ledger.wallet_cache import invalidate_user, user_scope
 from workers import ledger_batches
 from workers.job_run import JobRun, run_job
+from workers.poison import JobTask
 from workers.runtime import resources
 from workers.tasks.webhooks import outbox as webhook_outbox
 
@@ -30,7 +32,7 @@ LEDGER_RETRY = {
 }
 
 
-class BatchedPosting(Task):
+class BatchedPosting(JobTask):
     """A task whose messages the consumer may gather into batches (tuning/celery_ledger_batches.py).
 
     The strategy falls back to Celery's own when the `ledger_batches`
@@ -77,7 +79,7 @@ def _post_in_one_statement(task: Task, job_id: str) -> bool:
         res.statuses,
         res.notifications,
         outcome.owner_id,
-        outcome.status,
+        tracing.with_trace_id(outcome.status),
         outcome.summary,
         webhooks=webhook_outbox(task.app) if outcome.has_webhooks else None,
         first=lambda pipe: res.cache.invalidate(user_scope(outcome.owner_id), pipe=pipe),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 from celery import Celery, Task, shared_task
 
+from infra import tracing
 from infra.broker.inflight import broker_in_flight
 from shared import maintenance
-from shared.jobs import kinds
+from shared.jobs import kinds, records
 from workers.runtime import publisher, resources
 from workers.tasks.webhooks import outbox as webhook_outbox
 
@@ -14,12 +17,27 @@ MAINTENANCE = {"bind": True, "ignore_result": True, "soft_time_limit": 110, "tim
 
 
 def republish(app: Celery) -> maintenance.Publish:
-    """A `Publish` that sends the job's message again, through the path the API submits by."""
+    """A `Publish` that sends the job's message again, through the path the API submits by.
+
+    The message continues the job's trace (its submit's traceparent, kept on
+    the row), under a producer span of its own when this process traces.
+    """
     jobs_publisher = publisher(app)
+    res = resources(app)
 
     def publish(kind: str, job_id: str, queue: str) -> None:
-        # Same task id as the first message: the job id.
-        jobs_publisher.publish(kind, job_id, queue, {})
+        with res.sessions() as session:
+            stored = records.trace_parent(session, uuid.UUID(job_id))
+        headers = {"traceparent": stored} if stored else {}
+        with tracing.span(
+            f"publish {kind}",
+            kind="producer",
+            parent=headers or None,
+            attributes={"messaging.message.id": job_id, "conveyor.republished": True},
+        ):
+            tracing.inject(headers)
+            # Same task id as the first message: the job id.
+            jobs_publisher.publish(kind, job_id, queue, headers)
 
     return publish
 

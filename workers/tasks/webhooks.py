@@ -8,6 +8,7 @@ import threading
 import httpx
 from celery import Celery, Task, shared_task
 
+from infra import tracing
 from infra.broker.config import delayable_countdown
 from infra.settings import Settings
 from shared import webhooks
@@ -32,7 +33,8 @@ def outbox(app: Celery) -> webhooks.WebhookOutbox:
 
     def publish(delivery_id: str) -> None:
         # The delivery id is also the task id: a duplicate message is visible as such.
-        jobs_publisher.publish(DELIVER, delivery_id, WEBHOOK_QUEUE, {})
+        # Traced: the delivery continues the trace of the job whose outcome it carries.
+        jobs_publisher.publish(DELIVER, delivery_id, WEBHOOK_QUEUE, tracing.inject({}))
 
     return webhooks.WebhookOutbox(resources(app).sessions, publish)
 

@@ -1,0 +1,339 @@
+"""OpenTelemetry tracing for every process: off by default, and then nothing of the SDK is imported.
+
+`configure(settings, process)` sets up the SDK from the standard OTEL_*
+variables (Settings): a TracerProvider whose BatchSpanProcessor exports
+OTLP over HTTP/protobuf (or prints, `console`), the sampler of
+OTEL_TRACES_SAMPLER[_ARG], W3C trace context, and the maintained
+instrumentations for what Conveyor does not bypass: redis-py, httpx and
+SQLAlchemy (every engine made after it, infra/db.py). The adapters add
+theirs: Flask (api/tracing.py) and Celery (workers/tracing.py).
+
+Until then `ACTIVE` is False and every helper here is one flag test: a
+`span()` is a shared no-op context manager, `inject` writes nothing, so
+tracing off costs nothing measurable (bench/tracing.py measures it).
+
+Conveyor writes some things itself and gives them spans of their own: the
+group-committed submit (a producer span per job, its context in the job's
+message headers and row; the batch's flush), the fast publish, the batched
+ledger postings, the AI upstream's plain HTTP calls, and event streams (a
+span as long as the stream). Trace context travels as W3C `traceparent` /
+`tracestate` message headers, on both brokers and every publish path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Set by `configure`: whether this process records spans.
+ACTIVE = False
+_provider: Any = None
+_pid: int | None = None
+_NO_SPAN = contextlib.nullcontext()
+_KINDS = ("internal", "server", "client", "producer", "consumer")
+# W3C trace context, as message headers (and the upstream's HTTP headers).
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def configure(settings: Any, process: str) -> bool:
+    """Start exporting spans for `process` (web, events, worker, worker_ai, beat); idempotent.
+
+    Call it after any fork (gunicorn's post_fork, Celery's worker_process_init):
+    the exporter's thread belongs to the process that started it. False when
+    tracing is off (OTEL_TRACES_EXPORTER unset or `none`).
+    """
+    global ACTIVE, _provider, _pid
+    if not settings.tracing:
+        return False
+    if ACTIVE and _pid == os.getpid():
+        return True
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    resource = Resource.create(
+        {
+            "service.name": settings.otel_service_name or f"conveyor-{process}",
+            "service.namespace": "conveyor",
+            "conveyor.process": process,
+            "process.pid": os.getpid(),
+        }
+    )
+    provider = TracerProvider(resource=resource, sampler=_sampler(settings))
+    exporter = _otlp_exporter(settings) if settings.otel_traces_exporter == "otlp" else None
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            exporter or ConsoleSpanExporter(),
+            schedule_delay_millis=settings.otel_bsp_schedule_delay,
+        )
+    )
+    if _provider is None:
+        # For code that asks OpenTelemetry's global; Conveyor's own spans and the
+        # instrumentations it sets up ask `tracer_provider()`, which follows forks.
+        trace.set_tracer_provider(provider)
+    # In a forked child the parent's provider (and its exporter thread) stays
+    # behind: this process's spans go through its own from now on.
+    _provider, _pid, ACTIVE = provider, os.getpid(), True
+    _instrument_libraries()
+    log.info("tracing: %s spans exported (%s)", process, settings.otel_traces_exporter)
+    return True
+
+
+def _sampler(settings: Any) -> Any:
+    from opentelemetry.sdk.trace import sampling
+
+    name, arg = settings.otel_traces_sampler, settings.otel_traces_sampler_arg
+    ratio = float(arg) if arg else 1.0
+    root = {
+        "always_on": sampling.ALWAYS_ON,
+        "always_off": sampling.ALWAYS_OFF,
+        "traceidratio": sampling.TraceIdRatioBased(ratio),
+    }
+    if name.startswith("parentbased_"):
+        return sampling.ParentBased(root[name.removeprefix("parentbased_")])
+    return root[name]
+
+
+def _otlp_exporter(settings: Any) -> Any:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    endpoint = settings.otel_exporter_otlp_traces_endpoint or (
+        f"{settings.otel_exporter_otlp_endpoint.rstrip('/')}/v1/traces"
+        if settings.otel_exporter_otlp_endpoint
+        else None  # the exporter's own default, http://localhost:4318/v1/traces
+    )
+    headers = dict(
+        pair.strip().split("=", 1)
+        for pair in settings.otel_exporter_otlp_headers.split(",")
+        if "=" in pair
+    )
+    return OTLPSpanExporter(endpoint=endpoint, headers=headers or None)
+
+
+def _tracer_provider() -> Any:
+    return _provider
+
+
+_instrumented = False
+
+
+def _instrument_libraries() -> None:
+    """Spans for redis-py, httpx and SQLAlchemy, from their maintained instrumentations."""
+    global _instrumented
+    if _instrumented:
+        return
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    RedisInstrumentor().instrument(tracer_provider=_ForkSafe())
+    HTTPXClientInstrumentor().instrument(tracer_provider=_ForkSafe())
+    # Wraps sqlalchemy.create_engine: engines made from now on (infra/db.py) have SQL spans.
+    # Its release declares sqlalchemy < 2.1 and would refuse 2.1.9; it only listens to
+    # SQLAlchemy's public cursor events, unchanged in 2.1 (tests/integration/test_tracing.py
+    # checks the SQL spans arrive).
+    SQLAlchemyInstrumentor().instrument(tracer_provider=_ForkSafe(), skip_dep_check=True)
+    _instrumented = True
+
+
+class _ForkSafe:
+    """A TracerProvider that hands out the current process's tracers (after a fork too)."""
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        return _LazyTracer(args, kwargs)
+
+
+class _LazyTracer:
+    """A tracer resolved on each use, so instrumentations made before a fork follow the child's."""
+
+    def __init__(self, args: tuple, kwargs: dict) -> None:
+        self._args, self._kwargs = args, kwargs
+        self._for: Any = None
+        self._tracer: Any = None
+
+    def _real(self) -> Any:
+        # Micro-optimization: one tracer per process's provider, not one per span.
+        provider = _provider
+        if self._for is not provider:
+            self._tracer, self._for = provider.get_tracer(*self._args, **self._kwargs), provider
+        return self._tracer
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self._real().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self._real().start_as_current_span(*args, **kwargs)
+
+
+def tracer_provider() -> Any:
+    """The provider instrumentations should take (None when tracing is off)."""
+    return _ForkSafe() if ACTIVE else None
+
+
+def shutdown() -> None:
+    """Export what is buffered and stop (a process, or a prefork child, on its way out)."""
+    provider = _tracer_provider()
+    if ACTIVE and provider is not None and _pid == os.getpid():
+        provider.force_flush(timeout_millis=5000)
+        provider.shutdown()
+
+
+def flush() -> None:
+    """Export what is buffered now (a prefork child before it is recycled)."""
+    provider = _tracer_provider()
+    if ACTIVE and provider is not None and _pid == os.getpid():
+        provider.force_flush(timeout_millis=5000)
+
+
+_OWN = _LazyTracer(("conveyor",), {})
+
+
+def tracer() -> Any:
+    """Conveyor's own tracer (the current process's)."""
+    return _OWN._real()
+
+
+def span(
+    name: str,
+    *,
+    kind: str = "internal",
+    attributes: Mapping[str, Any] | None = None,
+    parent: Mapping[str, str] | None = None,
+    links: list[Mapping[str, str]] | None = None,
+) -> contextlib.AbstractContextManager[Any]:
+    """A span around a block (the current one inside it); a no-op while tracing is off.
+
+    `parent`: W3C headers (traceparent) to continue instead of the current
+    context; `links`: other contexts this span relates to (a batch's jobs).
+    """
+    if not ACTIVE:
+        return _NO_SPAN
+    return _span(name, kind, attributes, parent, links)
+
+
+@contextlib.contextmanager
+def _span(name, kind, attributes, parent, links) -> Iterator[Any]:
+    from opentelemetry import trace
+
+    context = extract(parent) if parent is not None else None
+    with tracer().start_as_current_span(
+        name,
+        context=context,
+        kind=getattr(trace.SpanKind, kind.upper()),
+        attributes=dict(attributes or {}),
+        links=_links(links),
+    ) as current:
+        yield current
+
+
+def start_span(
+    name: str,
+    *,
+    kind: str = "internal",
+    attributes: Mapping[str, Any] | None = None,
+    parent: Mapping[str, str] | None = None,
+    links: list[Mapping[str, str]] | None = None,
+) -> Any:
+    """A span the caller ends (`end_span`), not made current: one that outlives a block."""
+    if not ACTIVE:
+        return None
+    from opentelemetry import trace
+
+    return tracer().start_span(
+        name,
+        context=extract(parent) if parent is not None else None,
+        kind=getattr(trace.SpanKind, kind.upper()),
+        attributes=dict(attributes or {}),
+        links=_links(links),
+    )
+
+
+def end_span(started: Any, error: BaseException | None = None) -> None:
+    if started is None:
+        return
+    if error is not None:
+        started.record_exception(error)
+    started.end()
+
+
+def _links(contexts: list[Mapping[str, str]] | None) -> list[Any] | None:
+    if not contexts:
+        return None
+    from opentelemetry import trace
+
+    links = []
+    for headers in contexts:
+        span_context = trace.get_current_span(extract(headers)).get_span_context()
+        if span_context.is_valid:
+            links.append(trace.Link(span_context))
+    return links
+
+
+def extract(headers: Mapping[str, str]) -> Any:
+    from opentelemetry.propagate import extract as otel_extract
+
+    return otel_extract({k: v for k, v in headers.items() if k in TRACE_HEADERS and v})
+
+
+def inject(headers: dict[str, Any], within: Any = None) -> dict[str, Any]:
+    """Write the current span's (or `within`'s) traceparent/tracestate into `headers`."""
+    if not ACTIVE:
+        return headers
+    from opentelemetry import trace
+    from opentelemetry.propagate import inject as otel_inject
+
+    context = trace.set_span_in_context(within) if within is not None else None
+    otel_inject(headers, context=context)
+    return headers
+
+
+def context_of(started: Any) -> dict[str, str]:
+    """`started`'s trace context as W3C headers ({} when there is none)."""
+    return inject({}, within=started) if started is not None else {}
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`), or None."""
+    if not traceparent or len(traceparent) != 55 or traceparent[2] != "-":
+        return None
+    return traceparent[3:35]
+
+
+def is_sampled(traceparent: str | None) -> bool:
+    """Whether a traceparent's flags say sampled (only those are worth keeping on the row)."""
+    return bool(traceparent) and trace_id_of(traceparent) is not None and traceparent.endswith("1")
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) of the current span, hex, or None (off, or no span)."""
+    if not ACTIVE:
+        return None
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
+def with_trace_id(status: dict[str, Any], traceparent: str | None = None) -> dict[str, Any]:
+    """`status` with `trace_id` (the traceparent's, else the current span's) when traced."""
+    if not ACTIVE:
+        return status
+    trace_id = trace_id_of(traceparent) if traceparent else None
+    if trace_id is None:
+        ids = current_ids()
+        trace_id = ids[0] if ids else None
+    return {**status, "trace_id": trace_id} if trace_id else status
+
+
+def log_fields() -> dict[str, str]:
+    """trace_id and span_id for a log line written inside a span ({} otherwise)."""
+    ids = current_ids()
+    return {"trace_id": ids[0], "span_id": ids[1]} if ids else {}
