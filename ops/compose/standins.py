@@ -68,9 +68,12 @@ def base_images(services: Iterable[str] | None = None) -> list[str]:
             found.append(line.split()[1])
     spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     wanted = set(spec) if services is None else set(services)
+    # The image the app services build (a service may run it without building it).
+    built = {service.get("image") for service in spec.values() if "build" in service}
     for name, service in spec.items():
-        if name in wanted and "build" not in service and service.get("image"):
-            found.append(service["image"])
+        image = service.get("image")
+        if name in wanted and "build" not in service and image and image not in built:
+            found.append(image)
     return list(dict.fromkeys(found))
 
 

@@ -210,7 +210,7 @@ def gunicorn_server(settings, tmp_path_factory):
     argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "--bind", f"127.0.0.1:{port}", "api.wsgi:app"]  # fmt: skip
     log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    with running_server(argv, env=env, log_path=log_path, port=port):
+    with running_server(argv, env=env, log_path=log_path, port=port, ready_path="/healthz"):
         yield port
 
 

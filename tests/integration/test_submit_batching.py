@@ -335,7 +335,9 @@ def web(request, settings, prefix, tmp_path):
         "GUNICORN_CMD_ARGS": f"--graceful-timeout 3 --worker-class {request.param}",
     }
     argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "api.wsgi:app"]
-    with running_server(argv, env=env, log_path=tmp_path / "web.log", port=port):
+    with running_server(
+        argv, env=env, log_path=tmp_path / "web.log", port=port, ready_path="/healthz"
+    ):
         yield f"http://127.0.0.1:{port}"
 
 

@@ -86,7 +86,9 @@ def _traced_stack(settings, redis_client, log_dir: Path, receiver, upstream, bro
         env = {**stack.env, "PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_THREADS": "4"}
         argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "api.wsgi:app"]
         stack_of.enter_context(
-            running_server(argv, env=env, log_path=log_dir / "web.log", port=port)
+            running_server(
+                argv, env=env, log_path=log_dir / "web.log", port=port, ready_path="/healthz"
+            )
         )
         stack.url = f"http://127.0.0.1:{port}"
         stack.ai_started = False

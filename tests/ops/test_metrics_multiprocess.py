@@ -45,7 +45,9 @@ def gunicorn(database_url: str, tmp_path: Path):
     (metrics_dir / "counter_999999.db").write_bytes(b"stale")
     env = _web_env(port, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     log_path = tmp_path / "gunicorn.log"
-    with running_server(GUNICORN, env=env, log_path=log_path, port=port, start_timeout=60):
+    with running_server(
+        GUNICORN, env=env, log_path=log_path, port=port, start_timeout=60, ready_path="/healthz"
+    ):
         yield f"http://127.0.0.1:{port}", metrics_dir, log_path
 
 
@@ -74,7 +76,9 @@ def test_the_procfile_web_line_alone_aggregates_workers(database_url: str, tmp_p
     """No PROMETHEUS_MULTIPROC_DIR at all (a platform running the Procfile line as written)."""
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
-    with running_server(GUNICORN, env=_web_env(port), log_path=log_path, port=port):
+    with running_server(
+        GUNICORN, env=_web_env(port), log_path=log_path, port=port, ready_path="/healthz"
+    ):
         metrics_dir = _private_metrics_dir(log_path)
         assert metrics_dir.is_dir()
         _two_workers_add_up(f"http://127.0.0.1:{port}", metrics_dir)
@@ -124,7 +128,9 @@ def test_stopping_workers_fold_their_last_requests(database_url: str, tmp_path: 
     env = _web_env(port, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     log_path = tmp_path / "gunicorn.log"
     base = f"http://127.0.0.1:{port}"
-    with running_server(GUNICORN, env=env, log_path=log_path, port=port, start_timeout=60):
+    with running_server(
+        GUNICORN, env=env, log_path=log_path, port=port, start_timeout=60, ready_path="/healthz"
+    ):
         with ThreadPoolExecutor(max_workers=8) as pool:
             statuses = list(pool.map(_get, [f"{base}/healthz"] * 60))
         assert statuses == [200] * 60

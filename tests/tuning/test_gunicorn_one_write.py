@@ -118,7 +118,9 @@ def test_the_web_answers_whole_through_gunicorn(tmp_path):
     env = {**process_environment(), "PORT": str(port), "WEB_CONCURRENCY": "1"}
     argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "--bind", f"127.0.0.1:{port}", "api.wsgi:app"]  # fmt: skip
-    with running_server(argv, env=env, log_path=tmp_path / "web.log", port=port):
+    with running_server(
+        argv, env=env, log_path=tmp_path / "web.log", port=port, ready_path="/healthz"
+    ):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         for _ in range(3):  # one connection, kept alive
             connection.request("GET", "/healthz")
