@@ -46,7 +46,7 @@ def gunicorn(database_url: str, tmp_path: Path):
     env = _web_env(port, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     log_path = tmp_path / "gunicorn.log"
     with running_server(
-        GUNICORN, env=env, log_path=log_path, port=port, start_timeout=60, ready_path="/healthz"
+        GUNICORN, env=env, log_path=log_path, port=port, start_timeout=60, ready_path="/readyz"
     ):
         yield f"http://127.0.0.1:{port}", metrics_dir, log_path
 
@@ -77,7 +77,7 @@ def test_the_procfile_web_line_alone_aggregates_workers(database_url: str, tmp_p
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
     with running_server(
-        GUNICORN, env=_web_env(port), log_path=log_path, port=port, ready_path="/healthz"
+        GUNICORN, env=_web_env(port), log_path=log_path, port=port, ready_path="/readyz"
     ):
         metrics_dir = _private_metrics_dir(log_path)
         assert metrics_dir.is_dir()
@@ -129,7 +129,7 @@ def test_stopping_workers_fold_their_last_requests(database_url: str, tmp_path: 
     log_path = tmp_path / "gunicorn.log"
     base = f"http://127.0.0.1:{port}"
     with running_server(
-        GUNICORN, env=env, log_path=log_path, port=port, start_timeout=60, ready_path="/healthz"
+        GUNICORN, env=env, log_path=log_path, port=port, start_timeout=60, ready_path="/readyz"
     ):
         with ThreadPoolExecutor(max_workers=8) as pool:
             statuses = list(pool.map(_get, [f"{base}/healthz"] * 60))
