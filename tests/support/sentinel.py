@@ -121,10 +121,10 @@ class SentinelSet:
 
     def rejoin(self, port: int) -> None:
         """Start a killed data node again as a replica of the current master (an operator's job)."""
-        master = self.master_port()
+        master = self.wait_new_master(port)
         self._start_data(port, "--replicaof", "127.0.0.1", str(master))
-        wait_until(lambda: self._replica_of(port, master), 30, f"{port} in sync again")
-        wait_until(self._sentinels_agree, 30, "sentinels see it as a replica")
+        wait_until(lambda: self._replica_of(port, master), 60, f"{port} in sync again")
+        wait_until(self._sentinels_agree, 60, "sentinels see it as a replica")
 
     def stop(self) -> None:
         """Stop every process this set started, sentinels first, by PID."""
