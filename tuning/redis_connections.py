@@ -3,10 +3,11 @@
 Changes: the poll's HMGET (tuning/redis_reads.py) and the submit flush's
 pipeline (tuning/redis_pipelines.py) send on connections made here by the
 client pool's own connection class and settings (URL, TLS, timeouts, health
-checks, decoding), at most `max_connections` at a time; past that
-`checkout` answers None and the caller takes the client. A connection goes
-back only after every answer it asked for was read, so an idle one never
-holds stray data; on any error it is discarded.
+checks, decoding; one connect attempt, not the client's retries), at most
+`max_connections` at a time; past that `checkout` answers None and the
+caller takes the client. A connection goes back only after every answer it
+asked for was read, so an idle one never holds stray data; on any error it
+is discarded.
 
 Why: per command redis-py 8's pool checks the pid twice, polls the socket
 for stray data, takes and releases a lock twice, dispatches a release event
@@ -36,6 +37,8 @@ import weakref
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 # Errors after which a caller reruns its command through the real client,
 # whose retry policy then decides.
@@ -48,7 +51,9 @@ class OwnConnections:
     def __init__(self, client: redis.Redis, max_connections: int) -> None:
         pool = client.connection_pool
         self._connection_class = pool.connection_class
-        self._connection_kwargs = dict(pool.connection_kwargs)
+        # One attempt each: on a failure the caller reruns through the client,
+        # whose retry policy then decides (retrying here too doubled the wait).
+        self._connection_kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
         self._max_connections = max_connections
         # list.append/pop are atomic: safe for greenlets and threads alike.
         self._idle: list[Any] = []
