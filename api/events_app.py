@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import redis
 from flask import Flask
 
 from api import _finish_request, _start_request, observability
@@ -20,6 +19,7 @@ from api.errors import register_error_handlers
 from api.hardening import init_hardening
 from api.limits import init_rate_limits
 from api.stream_auth import init_stream_tickets
+from infra.redis_store import create_redis
 from infra.settings import Settings
 from shared.jobs import StatusStore
 from shared.jobs.events import EventHub, StreamKeys
@@ -43,28 +43,12 @@ def create_events_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False
     res = Resources.build(settings)
-    client = redis.Redis(
-        connection_pool=redis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=REDIS_CONNECTIONS,
-            timeout=10,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=30,
-        )
-    )
+    client = create_redis(settings, max_connections=REDIS_CONNECTIONS, wait_for_connection=10)
     res.redis.close()
     res = dataclasses.replace(res, redis=client, statuses=StatusStore(client, res.keys))
     app.extensions["conveyor"] = res
     # Its own connection: the blocking read must not hold one of the views'.
-    reader = redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=HUB_BLOCK_MS / 1000 + 5,
-        health_check_interval=30,
-    )
+    reader = create_redis(settings, max_connections=None, socket_timeout=HUB_BLOCK_MS / 1000 + 5)
     app.extensions["conveyor.event_hub"] = EventHub(
         reader, StreamKeys(settings.redis_key_prefix), block_ms=HUB_BLOCK_MS
     )

@@ -30,6 +30,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from api.errors import ApiError
 from api.security import bearer_identity
 from api.stream_auth import ticket_identity
+from infra.redis_store import limiter_storage
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -148,12 +149,9 @@ def _fail_closed(limiter: Limiter, view: View) -> View:
     return guarded  # type: ignore[return-value]
 
 
-def storage_uri(settings: Settings) -> str:
-    """The limiter's Redis URL in the scheme the `limits` library expects."""
-    url = settings.ratelimit_storage_url or settings.redis_url
-    if url.startswith("unix://"):
-        return "redis+unix://" + url.removeprefix("unix://")
-    return url
+def storage(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The limiter's Redis as the `limits` library takes it: URI, options (infra/redis_store.py)."""
+    return limiter_storage(settings, settings.ratelimit_storage_url or settings.redis_url)
 
 
 def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
@@ -169,14 +167,16 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
 
     # Before the limiter's own after_request hook (Flask runs them in reverse).
     app.after_request(_retry_after_only_as_hint)
+    uri, storage_options = storage(settings)
     limiter = Limiter(
         caller_key,
         # One budget per caller across the whole API (flask-limiter's default
         # limits would count each route separately); polls have their own.
         application_limits=[default_limit],
         application_limits_exempt_when=_endpoint_poll_limited,
-        storage_uri=storage_uri(settings),
+        storage_uri=uri,
         storage_options={
+            **storage_options,
             "key_prefix": f"{settings.redis_key_prefix}limits",
             "socket_connect_timeout": STORAGE_TIMEOUT_SECONDS,
             "socket_timeout": STORAGE_TIMEOUT_SECONDS,

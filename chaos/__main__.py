@@ -24,6 +24,7 @@ SCENARIOS = {
     "redis-restart": "chaos.redis_restart",
     "postgres-outage": "chaos.postgres_outage",
     "lost-host": "chaos.lost_host",
+    "failover": "chaos.failover",
 }
 
 

@@ -165,6 +165,36 @@ def unfinished_created_before(db: Database, ids: list[str], moment: float) -> li
     return [r[0] for r in rows]
 
 
+def created_after(
+    db: Database, ids: list[str], moment: float, until: float | None = None
+) -> list[str]:
+    """Those of `ids` accepted after `moment` (and before `until`; epoch seconds), oldest first."""
+    rows = db.query(
+        "SELECT id::text FROM jobs WHERE id = ANY(%s::uuid[]) AND created_at > to_timestamp(%s) "
+        "AND (%s IS NULL OR created_at < to_timestamp(%s)) ORDER BY created_at",
+        (ids, moment, until, until),
+    )
+    return [r[0] for r in rows]
+
+
+def doubled(db: Database, ids: list[str]) -> int:
+    """Jobs among `ids` with any ledger entry posted more than once (goal: 0)."""
+    rows = db.query(
+        "SELECT count(DISTINCT job_id) FROM (SELECT job_id, seq FROM ledger_entries "
+        "WHERE job_id = ANY(%s::uuid[]) GROUP BY 1, 2 HAVING count(*) > 1) twice",
+        (ids,),
+    )
+    return int(rows[0][0])
+
+
+def redispatched(db: Database, ids: list[str]) -> int:
+    """Jobs among `ids` the sweeps had to publish again (their message was lost)."""
+    rows = db.query(
+        "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND redispatches > 0", (ids,)
+    )
+    return int(rows[0][0])
+
+
 def slowest_job(db: Database, ids: list[str]) -> float:
     """Seconds from accepted to finished of the slowest of `ids`."""
     rows = db.query(

@@ -56,6 +56,8 @@ class Http:
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname, parts.port
         self.conn: http.client.HTTPConnection | None = None
+        # The headers of the last answer (a 503's Retry-After is checked).
+        self.last_headers: http.client.HTTPMessage | None = None
 
     def request(
         self, method: str, path: str, token: str, body: Any = None, headers: dict | None = None
@@ -75,6 +77,7 @@ class Http:
                 self.conn.request(method, path, body=payload, headers=all_headers)
                 response = self.conn.getresponse()
                 data = response.read()
+                self.last_headers = response.headers
             except TimeoutError as exc:
                 self.close()
                 raise RequestFailed(
@@ -114,6 +117,8 @@ class Load:
     pollers: int = 2
     accepted: dict[str, JobRequest] = field(default_factory=dict)
     answers: Counter = field(default_factory=Counter)
+    # When (epoch seconds) each submission was refused with a 503.
+    refused_at: list[float] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     polls: int = 0
 
@@ -196,6 +201,11 @@ class Load:
             self._violation(f"submit {index}: {exc}")
             return
         label = self._classify("submit", status, body, expected=202)
+        if status == 503:
+            with self._lock:
+                self.refused_at.append(time.time())
+            if not (http_.last_headers and http_.last_headers.get("Retry-After")):
+                self._violation(f"submit {index} answered 503 without Retry-After: {body}")
         if status == 202:
             with self._lock:
                 self.accepted[body["task_id"]] = job

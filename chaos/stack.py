@@ -34,6 +34,7 @@ AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-group
 _INHERITED = (
     "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
     "PROMETHEUS_MULTIPROC_DIR", "PORT", "CONVEYOR_REDIS_PREFIX", "WORKER_CONCURRENCY",
+    "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD",
 )  # fmt: skip
 
 
@@ -158,6 +159,145 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, decode_responses=True, socket_timeout=5)
+
+
+class SentinelRedis:
+    """Redis behind Sentinel: a master and two replicas (AOF each), three sentinels, on loopback.
+
+    `down_after_ms`: how long the master may be silent before a sentinel calls
+    it down; two of the three agreeing starts the failover.
+    """
+
+    MASTER = "conveyor"
+
+    def __init__(self, procs: ChildProcesses, data_dir: Path, *, down_after_ms: int) -> None:
+        self.procs, self.data_dir, self.down_after_ms = procs, data_dir, down_after_ms
+        self.nodes = {f"redis-{n}": free_port() for n in (1, 2, 3)}
+        self.sentinel_ports = {f"sentinel-{n}": free_port() for n in (1, 2, 3)}
+        self.first_master = self.nodes["redis-1"]
+        self._replicas: list[str] = []  # stopped by cut_replication
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What puts a stack behind it: REDIS_URL names only the database."""
+        return {
+            "REDIS_URL": "redis://found-through-sentinel/0",
+            "REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports.values()),
+            "REDIS_SENTINEL_MASTER": self.MASTER,
+        }
+
+    def start(self) -> None:
+        for name in self.nodes:
+            self.start_node(name)
+        for name, port in self.sentinel_ports.items():
+            directory = self.data_dir / name
+            directory.mkdir(parents=True, exist_ok=True)
+            config = directory / "sentinel.conf"  # the sentinel rewrites it as it learns
+            config.write_text(
+                f"bind 127.0.0.1\nport {port}\ndir {directory}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.first_master} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.MASTER} 10000\n"
+                f"sentinel parallel-syncs {self.MASTER} 1\n"
+            )
+            argv = [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"]
+            self.procs.start(name, argv, dict(os.environ))
+        wait_for("the sentinels seeing both replicas and each other", self._settled, 60)
+
+    def start_node(self, name: str) -> None:
+        """Start (or restart, with its AOF) one data node; the first master's replicas follow it.
+
+        A restarted old master comes up with the command line it had, as a
+        container's restart policy brings it back; Sentinel turns it into a
+        replica of the new master.
+        """
+        port = self.nodes[name]
+        directory = self.data_dir / name
+        directory.mkdir(parents=True, exist_ok=True)
+        argv = [
+            shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
+            "--port", str(port), "--dir", str(directory), "--appendonly", "yes",
+            "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+        ]  # fmt: skip
+        if port != self.first_master:
+            argv += ["--replicaof", "127.0.0.1", str(self.first_master)]
+        self.procs.start(name, argv, dict(os.environ))
+        wait_for(f"{name} answering", lambda: self._node(port).ping(), 30)
+
+    def master(self) -> tuple[str, int] | None:
+        """(name, port) of the master every sentinel names, or None while they disagree."""
+        ports = set()
+        for port in self.sentinel_ports.values():
+            try:
+                answer = self._node(port).sentinel_get_master_addr_by_name(self.MASTER)
+            except redis.RedisError:
+                return None
+            ports.add(int(answer[1]) if answer else None)
+        if len(ports) != 1 or None in ports:
+            return None
+        port = ports.pop()
+        return next(name for name, p in self.nodes.items() if p == port), port
+
+    def kill_master(self) -> str:
+        """SIGKILL the master (no shutdown, no final fsync); its name."""
+        name, _port = self.master() or (None, None)
+        assert name is not None, "no agreed master to kill"
+        os.kill(self.procs.pid(name), signal.SIGKILL)
+        self.procs.stop(name)
+        return name
+
+    def cut_replication(self) -> None:
+        """The master's link to every replica breaks: from now on its writes reach none.
+
+        Each replica is stopped (SIGSTOP, so it cannot reconnect) and the
+        master closes their connections; what it had already sent stays
+        theirs. `resume_replicas` lets them run again.
+        """
+        current = self.master()
+        assert current is not None, "no agreed master"
+        self._replicas = [name for name in self.nodes if name != current[0]]
+        for name in self._replicas:
+            os.kill(self.procs.pid(name), signal.SIGSTOP)
+        self._node(current[1]).client_kill_filter(_type="replica")
+
+    def resume_replicas(self) -> None:
+        for name in self._replicas:
+            os.kill(self.procs.pid(name), signal.SIGCONT)
+        self._replicas = []
+
+    def wait_promoted(self, old: str, timeout: float) -> str:
+        """Until every sentinel names another master and it serves as one; its name."""
+
+        def promoted() -> bool:
+            current = self.master()
+            return current is not None and current[0] != old and self.role(current[1]) == "master"
+
+        wait_for("a replica promoted", promoted, timeout, interval=0.05)
+        return self.master()[0]
+
+    def role(self, port: int) -> str:
+        return self._node(port).execute_command("ROLE")[0]
+
+    def client(self) -> redis.Redis:
+        """A plain client of the current master, in database 0."""
+        current = self.master()
+        assert current is not None, "no agreed master"
+        return redis.Redis(port=current[1], decode_responses=True, socket_timeout=5)
+
+    def replicas_in_sync(self) -> int:
+        """Replicas the current master reports connected."""
+        return int(self.client().info("replication")["connected_slaves"])
+
+    def _settled(self) -> bool:
+        for port in self.sentinel_ports.values():
+            state = self._node(port).sentinel_master(self.MASTER)
+            if state["num-slaves"] < 2 or state["num-other-sentinels"] < 2:
+                return False
+        return True
+
+    @staticmethod
+    def _node(port: int) -> redis.Redis:
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=2)
 
 
 class PostgresCluster:
@@ -323,14 +463,16 @@ class Conveyor:
             wait_http(base + "/healthz", timeout=60, check=lambda: self.procs.check_alive("web"))
         return base
 
-    def start_worker(self, name: str, *, wrap: list[str] | None = None,
-                     hostname: str | None = None) -> None:  # fmt: skip
-        """The Procfile's `worker` line under scripts/supervise.py, as `make run` runs it.
+    def start_worker(
+        self, name: str, *, wrap: list[str] | None = None, hostname: str | None = None,
+        process_type: str = "worker",
+    ) -> None:  # fmt: skip
+        """The Procfile's `worker` (or `worker_ai`) line under scripts/supervise.py, as `make run`.
 
         The supervisor restarts the worker after any exit, as compose's restart
         policy does in production; `restarts()` counts how often it had to.
         """
-        script = procfile_command("worker")
+        script = procfile_command(process_type)
         if hostname:
             script = f"hostname {hostname} && {script}"
         supervised = [str(BIN / "python"), "-m", "scripts.supervise", "--name", name, "--", script]
@@ -338,6 +480,17 @@ class Conveyor:
             # Its own UTS namespace, so `-n worker@%h` names the host, as on a real machine.
             supervised = ["unshare", "--uts", *supervised]
         self.procs.start(name, [*(wrap or []), *supervised], self.env)
+
+    def start_events(self) -> str:
+        """The Procfile's `events` gunicorn (gevent, one process) on loopback; its base URL."""
+        port = free_port()
+        extra = ("--worker-class", "gevent", "--workers", "1", "--graceful-timeout", "5",
+                 "--max-requests", "0", "--name", "conveyor-events")  # fmt: skip
+        env = {**self.env, "EVENTS_PORT": str(port), "LOG_LEVEL": "WARNING"}
+        self.procs.start("events", gunicorn_argv("api.events_wsgi:app", port, extra), env)
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/healthz", timeout=60, check=lambda: self.procs.check_alive("events"))
+        return base
 
     def worker_pid(self, name: str) -> int | None:
         """PID of the worker's main process (the supervisor's child), if one runs."""

@@ -72,6 +72,26 @@ def normalize_database_url(url: str) -> str:
     return f"{scheme}://{rest}"
 
 
+def is_redis_url(url: str) -> bool:
+    """True when `url` names a Redis server (redis://, rediss://, unix://)."""
+    return url.partition("://")[0].lower() in ("redis", "rediss", "unix")
+
+
+def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
+    """REDIS_SENTINELS (`host:port,host:port,...`; `[v6 address]:port`) as (host, port) pairs."""
+    addresses = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        host, sep, port = entry.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(
+                f"REDIS_SENTINELS must look like host:26379,host:26379, got {entry!r}"
+            )
+        addresses.append((host, int(port)))
+    return tuple(addresses)
+
+
 def _env(name: str, **kwargs):
     """A dataclass field read from the environment variable `name`."""
     return field(metadata={"env": name}, **kwargs)
@@ -92,6 +112,13 @@ class Settings:
     redis_url: str = _env("REDIS_URL", default="redis://127.0.0.1:6379/0")
     celery_broker_url: str = _env("CELERY_BROKER_URL", default="")
     celery_result_backend: str = _env("CELERY_RESULT_BACKEND", default="")
+    # Redis Sentinel (docs/sentinel.md): with these set, every Redis user asks the
+    # sentinels (`host:port,host:port,...`) where master `REDIS_SENTINEL_MASTER` is and
+    # follows a failover; REDIS_URL then gives only the database number and password,
+    # REDIS_SENTINEL_PASSWORD the sentinels' own (their `requirepass`), if they have one.
+    redis_sentinels: str = _env("REDIS_SENTINELS", default="")
+    redis_sentinel_master: str = _env("REDIS_SENTINEL_MASTER", default="")
+    redis_sentinel_password: str = _env("REDIS_SENTINEL_PASSWORD", default="")
     # Which adjustments of third-party code this process applies (tuning/__init__.py):
     # on, off (the stock libraries), or a list like `-fast_publish,-collector`.
     tuning: str = _env("CONVEYOR_TUNING", default="on")
@@ -264,6 +291,7 @@ class Settings:
             raise ConfigError("AI_PROVIDER=openai needs AI_API_KEY")
         if self.database_url:
             normalize_database_url(self.database_url)
+        self._validate_sentinel()
         if self.broker_visibility_timeout < 2:
             raise ConfigError("BROKER_VISIBILITY_TIMEOUT must be at least 2 seconds")
         from tuning.registry import Selection, TuningError
@@ -293,6 +321,36 @@ class Settings:
                 "EVENTS_TICKET_TTL_SECONDS, EVENTS_KEEPALIVE_SECONDS and "
                 "EVENTS_ROW_CHECK_SECONDS must be positive"
             )
+
+    def _validate_sentinel(self) -> None:
+        """Both Sentinel variables or neither; every Redis behind them is the one master."""
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ConfigError("REDIS_SENTINELS and REDIS_SENTINEL_MASTER must be set together")
+        if not self.redis_sentinels:
+            return
+        parse_sentinels(self.redis_sentinels)
+        if not self.redis_url.startswith("redis://"):
+            raise ConfigError(
+                "with REDIS_SENTINELS, REDIS_URL must be redis://[:password@]host/db "
+                "(only its database number and password are used)"
+            )
+        others = {
+            "CELERY_BROKER_URL": self.celery_broker_url,
+            "CELERY_RESULT_BACKEND": self.celery_result_backend,
+            "RATELIMIT_STORAGE_URL": self.ratelimit_storage_url,
+        }
+        for name, url in others.items():
+            # Another Redis would be a server that does not fail over with the rest.
+            if is_redis_url(url) and url != self.redis_url:
+                raise ConfigError(
+                    f"with REDIS_SENTINELS, {name} must be empty (the Sentinel master) "
+                    "or name something other than Redis"
+                )
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """(host, port) of each of REDIS_SENTINELS; empty when Redis is one server."""
+        return parse_sentinels(self.redis_sentinels) if self.redis_sentinels else ()
 
     @property
     def tracing(self) -> bool:

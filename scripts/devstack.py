@@ -144,6 +144,8 @@ def choose_redis(env: Mapping[str, str]) -> str | None:
     """The Redis URL to use, or None when an embedded Redis must be started."""
     if env.get("REDIS_URL"):
         return env["REDIS_URL"]
+    if env.get("REDIS_SENTINELS"):
+        return Settings().redis_url  # database 0 of the master the sentinels name
     if answers_ping(LOOPBACK, LOCAL_REDIS_PORT):
         return f"redis://{LOOPBACK}:{LOCAL_REDIS_PORT}/0"
     return None
@@ -171,6 +173,9 @@ def main() -> int:
         else:
             env["REDIS_URL"] = redis_url
             say(f"redis:    {mask_url(redis_url)}")
+        if settings.redis_sentinels:
+            master, sentinels = settings.redis_sentinel_master, settings.redis_sentinels
+            say(f"          master {master!r} found through Sentinel at {sentinels}")
         where = "" if settings.database_url else " (DATABASE_URL unset: SQLite fallback)"
         say(f"database: {mask_url(settings.resolved_database_url)}{where}")
         invented = ensure_flower_auth(env)

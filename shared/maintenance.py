@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -104,30 +104,40 @@ def redispatch_lost(
     *,
     older_than_seconds: int,
     max_redispatches: int | None = None,
+    rerun_kinds: Collection[str] = (),
     statuses: jobs.StatusStore | None = None,
     notifications: Notifications | None = None,
     webhooks: WebhookOutbox | None = None,
     limit: int = 500,
     now: datetime | None = None,
 ) -> list[str]:
-    """Re-publish PENDING jobs older than the threshold whose message `in_flight` says is gone.
+    """Re-publish jobs unchanged past the threshold whose message `in_flight` says is gone.
 
-    Such a job was accepted but its message never reached the broker or was
-    lost (a Redis restart without AOF, a flushed or purged queue). The same
-    task id is reused, and the job claim makes a duplicate delivery a no-op.
-    A job already re-published `max_redispatches` times is not published
-    again: it fails with code `lost` (and its owner is notified when
-    `statuses` and `notifications` are given), so a message that keeps
-    vanishing cannot loop forever. Returns the re-published job ids. A broker
-    that does not answer raises BrokerUnavailable (or redis.RedisError) and
-    nothing is published.
+    A PENDING job was accepted but its message never reached the broker or
+    was lost (a Redis restart without AOF, a flushed or purged queue, a
+    failover that dropped writes). Where the broker lists every held message
+    too (`in_flight.exact`: Redis), so are a RETRY job (it was to run again)
+    and a STARTED one of `rerun_kinds` (a live worker would hold its message:
+    its worker is gone, and the held message with it), without waiting for
+    the stuck-job reaper's time limit. The same task id is reused, and the
+    job claim makes a duplicate delivery a no-op. A job already re-published
+    `max_redispatches` times is not published again: a PENDING one fails
+    with code `lost` (and its owner is notified when `statuses` and
+    `notifications` are given), so a message that keeps vanishing cannot
+    loop forever; a started one is left to the reaper. Returns the
+    re-published job ids. A broker that does not answer raises
+    BrokerUnavailable (or redis.RedisError) and nothing is published.
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=older_than_seconds)
+    lost = Job.state == "PENDING"
+    if in_flight.exact:
+        orphaned = Job.state.in_(("STARTED", "PROGRESS")) & Job.kind.in_(tuple(rerun_kinds))
+        lost = lost | (Job.state == "RETRY") | orphaned
     with sessions() as session:
         candidates = session.execute(
-            select(Job.id, Job.kind, Job.queue)
-            .where(Job.state == "PENDING", Job.updated_at < cutoff, Job.expires_at > now)
+            select(Job.id, Job.kind, Job.queue, Job.state)
+            .where(lost, Job.updated_at < cutoff, Job.expires_at > now)
             .order_by(Job.updated_at)
             .limit(limit)
         ).all()
@@ -148,7 +158,7 @@ def redispatch_lost(
             claimed = session.execute(
                 update(Job)
                 .where(
-                    Job.id == row.id, Job.state == "PENDING", Job.updated_at < cutoff, unexhausted
+                    Job.id == row.id, Job.state == row.state, Job.updated_at < cutoff, unexhausted
                 )
                 .values(
                     updated_at=now,
@@ -157,7 +167,7 @@ def redispatch_lost(
                 )
                 .returning(Job.id)
             ).first()
-            if claimed is None and max_redispatches is not None:
+            if claimed is None and max_redispatches is not None and row.state == "PENDING":
                 given_up = _fail_lost(session, row.id, cutoff, max_redispatches)
         if given_up is not None and statuses is not None and notifications is not None:
             announce_outcome(statuses, notifications, *given_up, webhooks=webhooks)

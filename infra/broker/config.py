@@ -14,6 +14,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
+from infra.redis_store import celery_transport_options, celery_url
 from infra.settings import Settings
 
 # kombu's names for RabbitMQ (0-9-1) transports.
@@ -45,14 +46,19 @@ def celery_broker_config(
     so the visibility timeout can be short; without them it is kombu's hour.
     """
     prefix = settings.redis_key_prefix
+    broker, backend = settings.broker_url, settings.result_backend
     config: dict[str, Any] = {
-        "broker_url": settings.broker_url,
-        "result_backend": settings.result_backend,
+        # Behind Sentinel, `sentinel://` URLs and the master's name (infra/redis_store.py).
+        "broker_url": celery_url(settings, broker),
+        "result_backend": celery_url(settings, backend),
         # Every result key lives under Conveyor's prefix, so several stacks
         # (or test runs) can share one Redis without seeing each other.
-        "result_backend_transport_options": {"global_keyprefix": prefix},
+        "result_backend_transport_options": {
+            "global_keyprefix": prefix,
+            **celery_transport_options(settings, backend),
+        },
     }
-    if is_amqp_url(settings.broker_url):
+    if is_amqp_url(broker):
         config.update(amqp_options(queues))
     else:
         config["broker_transport_options"] = {
@@ -61,6 +67,7 @@ def celery_broker_config(
             ),
             "global_keyprefix": prefix,
             "max_connections": broker_max_connections(settings),
+            **celery_transport_options(settings, broker),
         }
     return config
 

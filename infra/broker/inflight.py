@@ -24,6 +24,10 @@ _SCAN_CHUNK = 1000
 class InFlight(Protocol):
     """What the broker can tell the re-dispatch sweep about PENDING jobs' messages."""
 
+    # True when every message waiting or held by a worker is listed (Redis): a
+    # job whose message is absent then has no worker running it either.
+    exact: bool
+
     def present(self, candidates: Sequence[tuple[str, str]]) -> set[str]:
         """Ids among (job id, queue) `candidates` whose message may still be on the broker."""
         ...
@@ -35,6 +39,8 @@ class InFlight(Protocol):
 
 class RedisInFlight:
     """Exact on Redis: every waiting and unacked message is listed by its task id."""
+
+    exact = True
 
     def __init__(self, client: redis.Redis, prefix: str, *, owns_client: bool = False) -> None:
         self._redis = client
@@ -65,7 +71,10 @@ class AmqpInFlight:
     gone or held unacked by a live worker that has not claimed it yet; it is
     re-published, which is safe: the job claim makes whichever copy runs
     second a no-op (and ledger entries are unique per job and step).
+    Held messages cannot be listed at all: not exact.
     """
+
+    exact = False
 
     def __init__(self, depths: QueueDepths) -> None:
         self._depths = depths

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import redis
 from celery import Celery
 
 from infra.broker.config import celery_broker_config
 from infra.broker.messages import BrokerError, JobMessage, PipelineExtra, Publisher
-from infra.settings import Settings
+from infra.redis_store import create_redis
+from infra.settings import Settings, is_redis_url
 from tuning import registry as tuning
 
 __all__ = ["BrokerError", "CeleryPublisher", "JobMessage", "Publisher", "build_publisher"]
@@ -77,14 +77,11 @@ def producer_app(settings: Settings, queues: Sequence[str]) -> Celery:
 def build_publisher(settings: Settings, queues: Sequence[str]) -> Publisher:
     """Celery's `send_task`, or with a Redis broker the fast publish of tuning/ when it is on."""
     url = settings.broker_url
-    if url.startswith(("redis://", "rediss://", "unix://")) and tuning.enabled(
-        settings, "fast_publish"
-    ):
+    if is_redis_url(url) and tuning.enabled(settings, "fast_publish"):
         from tuning.celery_fast_publish import RedisListPublisher
 
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-        )
+        # The broker's client (behind Sentinel, the master's): raw replies, redis-py's pool size.
+        client = create_redis(settings, url=url, decode_responses=False, max_connections=None)
         tuning.applied("fast_publish")
         return RedisListPublisher(client, settings.redis_key_prefix, url)
     return CeleryPublisher(producer_app(settings, queues))

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from beat_schedule import beat_schedule
+from infra.broker import keys
 from infra.broker.inflight import RedisInFlight, broker_task_ids
 from shared import jobs, maintenance
 from shared.jobs import kinds, utcnow
@@ -142,6 +143,81 @@ def test_a_job_whose_message_keeps_vanishing_is_redispatched_a_bounded_number_of
     assert [n["type"] for n in notes if n["task_id"] == job_id] == ["job.failed"]
     assert sweep() == []  # a finished job is never looked at again
     assert sent == [job_id, job_id]
+
+
+def test_a_started_or_retrying_job_whose_held_message_vanished_is_published_again(
+    celery_app, resources, redis_client, make_user
+):
+    """Its worker died with the message (a failover dropped the held copy): no time limit wait."""
+    user_id, _ = make_user("orphaned")
+    prefix = resources.settings.redis_key_prefix
+    aged = {"updated_at": utcnow() - LONG_AGO}
+    orphaned = _job(resources, user_id, "ledger.random", {"count": 2}, state="STARTED", **aged)
+    retrying = _job(resources, user_id, "ledger.transaction", {"type": "credit", "amount": 5},
+                    state="RETRY", **aged)  # fmt: skip
+    held = _job(resources, user_id, "ledger.transaction", {"type": "credit", "amount": 7},
+                state="STARTED", **aged)  # fmt: skip
+    ai = _job(resources, user_id, "ai.text", {"prompt": "p"}, state="STARTED", **aged)
+    # `held` is running on a live worker: its message is in kombu's unacked hash
+    # ([message, exchange, routing key]).
+    entry = json.dumps([{"headers": {"id": held}}, "", "ledger"])
+    redis_client.hset(keys.unacked(prefix), "tag-held", entry)
+    sent: list[str] = []
+
+    def sweep(in_flight) -> list[str]:
+        return maintenance.redispatch_lost(
+            resources.sessions,
+            in_flight,
+            lambda kind, task_id, queue: sent.append(task_id),
+            older_than_seconds=3600,
+            max_redispatches=3,
+            rerun_kinds=kinds.rerunnable_kinds(),
+        )
+
+    try:
+        assert sorted(sweep(RedisInFlight(redis_client, prefix))) == sorted([orphaned, retrying])
+        assert sweep(RedisInFlight(redis_client, prefix)) == []  # stamped: one publish each
+    finally:
+        redis_client.hdel(keys.unacked(prefix), "tag-held")
+    assert sorted(sent) == sorted([orphaned, retrying])
+    # An AI run may have called its upstream already: the reaper decides, after its limit.
+    assert _row(resources, ai).redispatches == 0 and _row(resources, held).redispatches == 0
+    orphaned_row = _row(resources, orphaned)
+    assert (orphaned_row.state, orphaned_row.redispatches) == ("STARTED", 1)
+    republish(celery_app)("ledger.random", orphaned, "ledger")
+    with running_worker(celery_app, queues="ledger"):
+        done = _wait_for_row_state(resources, orphaned, "SUCCESS")
+    assert _entries(resources, orphaned) == 2 and done.attempts == 1
+
+
+class _CountsOnly:
+    """A broker view that cannot list held messages (as on RabbitMQ): none reported present."""
+
+    exact = False
+
+    def present(self, candidates) -> set[str]:
+        return set()
+
+    def close(self) -> None:
+        pass
+
+
+def test_where_held_messages_cannot_be_listed_only_pending_jobs_are_published_again(
+    resources, make_user
+):
+    user_id, _ = make_user("coarse")
+    aged = {"updated_at": utcnow() - LONG_AGO}
+    running = _job(resources, user_id, "ledger.random", {"count": 1}, state="STARTED", **aged)
+    waiting = _job(resources, user_id, "ledger.random", {"count": 1}, **aged)
+    # RabbitMQ requeues a dead consumer's messages itself; a STARTED job may be running.
+    assert maintenance.redispatch_lost(
+        resources.sessions,
+        _CountsOnly(),
+        lambda kind, task_id, queue: None,
+        older_than_seconds=3600,
+        rerun_kinds=kinds.rerunnable_kinds(),
+    ) == [waiting]  # fmt: skip
+    assert _row(resources, running).redispatches == 0
 
 
 def test_reaper_fails_stuck_jobs_and_reruns_idempotent_ones(celery_app, resources, make_user):

@@ -132,6 +132,11 @@ def test_choose_redis_prefers_an_explicit_url() -> None:
     assert choose_redis({"REDIS_URL": "redis://elsewhere:6379/1"}) == "redis://elsewhere:6379/1"
 
 
+def test_choose_redis_behind_sentinel_starts_no_embedded_redis() -> None:
+    # The sentinels name the master; the default URL only says database 0.
+    assert choose_redis({"REDIS_SENTINELS": "sentinel-1:26379"}) == "redis://127.0.0.1:6379/0"
+
+
 def test_prometheus_dir_is_created_and_emptied(tmp_path: Path) -> None:
     directory = tmp_path / "prometheus"
     directory.mkdir()

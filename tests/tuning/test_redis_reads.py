@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import uuid
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.support.environment import REDIS_PREFIX, REDIS_URL
 from tests.support.processes import free_port
@@ -55,6 +58,33 @@ def test_redis_down_raises_a_redis_error_for_the_poll_to_handle():
     reads = LeanReads(down)
     with pytest.raises(redis.RedisError):
         reads.hmget("any", "owner")
+
+
+def test_a_dead_redis_is_dialled_once_by_its_own_connection_then_as_the_client_retries():
+    """The own connection tries once; the client's retry policy alone decides the rest."""
+    dialled: list[None] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts, then hangs up
+
+        def hang_up() -> None:
+            while True:
+                try:
+                    peer, _ = listener.accept()
+                except OSError:  # the listener closed: the test is over
+                    return
+                dialled.append(None)
+                peer.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        port = listener.getsockname()[1]
+        down = redis.Redis(port=port, socket_timeout=2, retry=Retry(NoBackoff(), 2))
+        with pytest.raises(redis.ConnectionError):
+            down.hmget("any", "owner")
+        by_the_client = len(dialled)
+        dialled.clear()
+        with pytest.raises(redis.ConnectionError):
+            LeanReads(down).hmget("any", "owner")
+        assert by_the_client >= 3  # the client's first try and its two retries
+        assert len(dialled) == 1 + by_the_client
 
 
 def test_concurrent_readers_beyond_its_connections_all_get_their_own_answer(redis_client):

@@ -78,6 +78,7 @@ def redispatch_lost(self: Task) -> dict:
             republish(self.app),
             older_than_seconds=res.settings.redispatch_after_seconds,
             max_redispatches=res.settings.stuck_max_redispatches,
+            rerun_kinds=kinds.rerunnable_kinds(),
             statuses=res.statuses,
             notifications=res.notifications,
             webhooks=webhook_outbox(self.app),
