@@ -191,6 +191,11 @@ class Settings:
     events_ticket_ttl_seconds: int = _env("EVENTS_TICKET_TTL_SECONDS", default=60)
     events_keepalive_seconds: float = _env("EVENTS_KEEPALIVE_SECONDS", default=15.0)
     flower_basic_auth: str = _env("FLOWER_BASIC_AUTH", default="")
+    # Event streams `web` answers itself (api/held_streams.py): held open this long
+    # on a blocking read of the job's own log, at most this many per gevent worker
+    # at once; past that many, or with 0, they replay and close.
+    web_stream_hold_seconds: float = _env("WEB_STREAM_HOLD_SECONDS", default=20.0)
+    web_streams_held_max: int = _env("WEB_STREAMS_HELD_MAX", default=100)
     # Port of the worker's own Prometheus exporter (task metrics); 0 turns it off.
     worker_metrics_port: int = _env("WORKER_METRICS_PORT", default=0)
     # X-Query-Count on every response, to catch N+1 queries; always on outside production.
@@ -248,6 +253,8 @@ class Settings:
             raise ConfigError(
                 "EVENTS_TICKET_TTL_SECONDS and EVENTS_KEEPALIVE_SECONDS must be positive"
             )
+        if self.web_stream_hold_seconds < 0 or self.web_streams_held_max < 0:
+            raise ConfigError("WEB_STREAM_HOLD_SECONDS and WEB_STREAMS_HELD_MAX must be 0 or more")
 
     @property
     def is_production(self) -> bool:

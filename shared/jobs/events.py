@@ -103,6 +103,22 @@ class EventLog:
         return [_event(entry_id, fields) for entry_id, fields in
                 self._redis.xrange(key, min=start, max="+", count=count)]  # fmt: skip
 
+    def wait_job_events(self, job_id: str, after: str | None, block_ms: int) -> list[Event]:
+        """The job's events after `after`, waiting up to `block_ms` for one (XREAD BLOCK)."""
+        return self._wait(self.keys.job(job_id), after, block_ms)
+
+    def wait_user_events(self, user_id: int, after: str | None, block_ms: int) -> list[Event]:
+        """The user's events after `after`, waiting up to `block_ms` for one (XREAD BLOCK)."""
+        return self._wait(self.keys.user(user_id), after, block_ms)
+
+    def _wait(self, key: str, after: str | None, block_ms: int, count: int = 1000) -> list[Event]:
+        # From a concrete id, never `$`: an event written between the caller's
+        # last read and this call is returned at once, not missed. BLOCK 0
+        # would wait for ever.
+        reply = self._redis.xread({key: after or "0-0"}, count=count, block=max(1, block_ms))
+        return [_event(entry_id, fields) for _key, entries in reply or ()
+                for entry_id, fields in entries]  # fmt: skip
+
 
 # Put on every subscription after the reader lost Redis: the events written
 # meanwhile did not reach the reader, so each stream re-reads its own log.

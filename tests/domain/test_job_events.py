@@ -83,3 +83,20 @@ def test_queue_position_counts_tickets_ahead_and_claims_pass_them(store):
     estimate = statuses.estimate("ledger", tickets[3])
     assert estimate.queue_position == 0
     assert estimate.eta_seconds is None or estimate.eta_seconds >= 1
+
+
+def test_a_wait_on_the_log_returns_what_was_written_after_the_last_id_read(store):
+    statuses, log = store
+    doc = _doc()
+    statuses.record_enqueued(OWNER, doc)
+    job_id = doc["task_id"]
+    (pending,) = log.job_events(job_id)
+    # Nothing new: the wait times out empty.
+    assert log.wait_job_events(job_id, pending.id, block_ms=50) == []
+    # Written before the wait began (between two reads): returned at once, not missed.
+    statuses.write(OWNER, {**doc, "state": "STARTED"})
+    statuses.write(OWNER, {**doc, "state": "SUCCESS"})
+    waited = log.wait_job_events(job_id, pending.id, block_ms=5000)
+    assert [json.loads(event.data)["state"] for event in waited] == ["STARTED", "SUCCESS"]
+    assert log.wait_user_events(OWNER, pending.id, block_ms=5000) == waited
+    assert log.wait_job_events(job_id, None, block_ms=50)[0] == pending
