@@ -77,16 +77,16 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
         )
     )
     if isinstance(outcome, Exception):
-        raise _refusal(outcome, settings.max_inflight_jobs)
+        raise _refusal(outcome, settings.max_inflight_jobs, owner_id)
     if not outcome.replayed:
         JOBS_ACCEPTED.labels(kind).inc()
     return _accepted(app, flask_g, kind, outcome.status["task_id"], outcome.replayed)
 
 
-def _refusal(outcome: Exception, max_inflight: int) -> Exception:
+def _refusal(outcome: Exception, max_inflight: int, owner_id: int) -> Exception:
     """The API error a refused submission answers with (BrokerError: the 503 handler's)."""
     if isinstance(outcome, jobs.TooManyInflightJobs):
-        return too_many_inflight(max_inflight)
+        return too_many_inflight(max_inflight, owner_id)
     if isinstance(outcome, jobs.IdempotencyKeyReused):
         return ApiError(
             422,
