@@ -67,14 +67,17 @@ def _task_id(ctx: click.Context, given: str) -> str:
     listing = _run(lambda: _client(ctx).jobs(id_prefix=given, limit=5))
     items = listing["items"]
     if not items:
-        err.print(f"[red]error:[/] no job of yours has an id starting with {given!r}")
+        err.print(
+            f"[red]error:[/] no job of yours has an id starting with {given!r}", soft_wrap=True
+        )
         ctx.exit(EXIT_ERROR)
     if listing["total"] > 1:
         shown = ", ".join(item["task_id"] for item in items)
         more = "" if listing["total"] <= len(items) else ", …"
         err.print(
             f"[red]error:[/] {listing['total']} of your jobs have ids starting with {given!r} "
-            f"({shown}{more}); give more of the id"
+            f"({shown}{more}); give more of the id",
+            soft_wrap=True,
         )
         ctx.exit(EXIT_USAGE)
     return items[0]["task_id"]
@@ -132,6 +135,7 @@ def login(ctx: click.Context, username: str, password: str, register: bool) -> N
     err.print(
         f"logged in as {username}; token saved to {path} (valid {answer['expires_in']} s)",
         markup=False,
+        soft_wrap=True,
     )
     if answer.get("task_id"):
         short = answer["task_id"][:SHORT_ID]
@@ -139,6 +143,7 @@ def login(ctx: click.Context, username: str, password: str, register: bool) -> N
             f"your login queued job {short}: 1-10 random transactions (demo data); "
             f"follow it with `conveyor watch {short}`",
             markup=False,
+            soft_wrap=True,
         )
 
 
@@ -276,7 +281,7 @@ def _print_outcome(status: dict[str, Any], as_json: bool) -> None:
     if status.get("error"):
         out.print(f"{status['error']['code']}: {status['error']['message']}", markup=False)
     if status.get("result") is not None:
-        out.print_json(json.dumps(status["result"]))
+        out.print_json(json.dumps(status["result"]), sort_keys=True)
 
 
 @main.command()
@@ -321,10 +326,10 @@ def jobs(
     # --wide: the table as wide as it needs, past a narrow terminal (which wraps
     # the lines), so no column is shortened: every id stays whole.
     (stdout_at_least(WIDE_TABLE) if wide else out).print(table)
-    shortened = (
-        "" if wide else "; ids shortened: watch and cancel take them, --wide prints them whole"
+    note = "" if wide else "; ids shortened: watch and cancel take them, --wide prints them whole"
+    out.print(
+        f"page {listing['page']}, {listing['total']} in all{note}", markup=False, soft_wrap=True
     )
-    out.print(f"page {listing['page']}, {listing['total']} in all{shortened}", markup=False)
 
 
 def _unique_width(task_ids: list[str]) -> int:

@@ -155,6 +155,10 @@ class ConveyorClient:
         """The caller's balance (`balance` in minor units, `currency`, `from_cache`)."""
         return self._call("GET", "/api/v1/wallet")
 
+    def transactions(self, *, page: int = 1, limit: int = 50) -> dict[str, Any]:
+        """The caller's ledger entries, newest first (`items`, `page`, `limit`, `total`)."""
+        return self._call("GET", "/api/v1/transactions", params={"page": page, "limit": limit})
+
     # --- following a job ----------------------------------------------------------
 
     def events(self, task_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:
