@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from bench import event_streams, machine, report, wrk
+from bench import event_streams, live_views, machine, report, wrk
 from bench.client import ApiClient, login
 from bench.report import Figure
 from bench.scenarios import PASSWORD, Bench, Options
@@ -28,7 +28,7 @@ from infra.settings import Settings
 IDEAL_AI = Figure("", "ideal", 100.0, "jobs/s")
 
 # Scenario groups `--only` can pick.
-GROUPS = ("web", "drain", "ai", "streams")
+GROUPS = ("web", "drain", "ai", "streams", "live")
 
 # Variables a developer's shell may carry that would point the stack elsewhere.
 _INHERITED = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PROMETHEUS_MULTIPROC_DIR", "PORT")
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.figures += event_streams.measure(
                 stream_settings, env, procs, stream_token, stream_owner
             )
+        if "live" in only:
+            bench.figures += live_views.measure(Settings.from_env(env), env, procs, base)
         ratios = [
             (
                 "Conveyor submit / naive `.delay()` submit",
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             figures=bench.figures,
             ratios=ratios,
-            notes=LIMITS + event_streams.NOTES,
+            notes=LIMITS + event_streams.NOTES + live_views.NOTES,
             profile=_profile_section(bench.profiles),
         )
         print()
