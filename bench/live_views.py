@@ -14,6 +14,7 @@ Standalone: `python -m bench.run --only live`.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import statistics
 import threading
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from bench.event_streams import create_jobs, events_argv
 from bench.report import Figure
-from bench.stack import Processes, free_port, wait_http
+from bench.stack import Processes, free_port, gunicorn_argv, wait_http
 
 SECTION = "Live views (a job's end, written by a worker, seen by a follower)"
 SAMPLES = 60
@@ -36,7 +37,9 @@ def _percentile(values: Sequence[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def _figure(name: str, delays: list[float], note: str) -> Figure:
+def _figure(name: str, delays: list[float], note: str, samples: int) -> Figure:
+    if len(delays) < samples:
+        note = f"{note}; {samples - len(delays)} of {samples} not seen within {BOUND:g} s"
     return Figure(
         SECTION,
         name,
@@ -74,7 +77,7 @@ def _finished(status: dict) -> dict:
 def follow_with_client(res, base: str, events_url: str, token: str, owner_id: int,
                        jobs: list[dict], *, stream: bool = True) -> list[float]:  # fmt: skip
     """Seconds from each terminal write to `ConveyorClient.wait` having it (one job at a time)."""
-    from client import ConveyorClient
+    from client import ConveyorClient, ConveyorError
 
     delays = []
     with ConveyorClient(base, token, events_url=events_url) as api:
@@ -89,12 +92,12 @@ def follow_with_client(res, base: str, events_url: str, token: str, owner_id: in
                     seen.append(time.perf_counter())
                     ended.set()
 
-            follower = threading.Thread(
-                target=api.wait,
-                args=(status["task_id"], BOUND),
-                kwargs={"on_update": update, "stream": stream},
-                daemon=True,
-            )
+            def follow(task_id=status["task_id"], update=update) -> None:
+                # Not seen within BOUND: counted as missed by the figure.
+                with contextlib.suppress(ConveyorError):
+                    api.wait(task_id, BOUND, on_update=update, stream=stream)
+
+            follower = threading.Thread(target=follow, daemon=True)
             follower.start()
             if not started.wait(BOUND):
                 raise RuntimeError(f"the follower never saw {status['task_id']} STARTED")
@@ -182,6 +185,12 @@ def measure(settings, env: dict[str, str], procs: Processes, base: str) -> list[
     procs.start("events-live", events_argv(port, 1000), env)
     events = f"http://127.0.0.1:{port}"
     wait_http(f"{events}/healthz", check=lambda: procs.check_alive("events-live"))
+    # For comparison: web as it was, streams replayed and closed (retry: 2000).
+    port = free_port()
+    before = {**env, "WEB_STREAM_HOLD_SECONDS": "0", "WEB_CONCURRENCY": "1"}
+    procs.start("web-unheld", gunicorn_argv("api.wsgi:app", port), before)
+    unheld = f"http://127.0.0.1:{port}"
+    wait_http(f"{unheld}/healthz", check=lambda: procs.check_alive("web-unheld"))
     res = Resources.build(settings)
     figures = []
     try:
@@ -192,28 +201,34 @@ def measure(settings, env: dict[str, str], procs: Processes, base: str) -> list[
              "CONVEYOR_EVENTS_URL, or a balancer routing stream paths to events"),
             ("CLI client, polling (`--poll`)", base, False,
              "GET /tasks/{id} at the server's Retry-After (1 s while running)"),
+            ("CLI client, web not holding streams (as before)", unheld, True,
+             "WEB_STREAM_HOLD_SECONDS=0: replay and close, the client back after 2 s"),
         ]  # fmt: skip
         for name, url, stream, note in ways:
-            count = SAMPLES if stream else SAMPLES // 3
+            count = SAMPLES if stream and url != unheld else SAMPLES // 6
             jobs = create_jobs(settings, owner_id, count)  # each with its STARTED document
-            delays = follow_with_client(res, base, url, token, owner_id, jobs, stream=stream)
-            figures.append(_figure(name, delays, note))
+            api = unheld if url == unheld else base
+            delays = follow_with_client(res, api, url, token, owner_id, jobs, stream=stream)
+            figures.append(_figure(name, delays, note, count))
         if page_available():
             jobs = create_jobs(settings, owner_id, PAGE_SAMPLES)
             delays = follow_with_page(res, base, username, owner_id, jobs)
             note = "EventSource on GET /events; the MutationObserver's Date.now()"
-            figures.append(_figure("jobs page (Chromium), stream on web's port", delays, note))
+            name = "jobs page (Chromium), stream on web's port"
+            figures.append(_figure(name, delays, note, PAGE_SAMPLES))
         else:
             missing = "not measured: chromium, chromedriver or selenium missing"
             figures.append(Figure(SECTION, "jobs page (Chromium)", None, "samples", note=missing))
     finally:
         res.close()
         procs.stop("events-live")
+        procs.stop("web-unheld")
     return figures
 
 
 NOTES = [
-    "Live views: one job at a time, 60 samples per way (20 when polling, 30 for the page). "
+    "Live views: one job at a time, 60 samples per way (10 when polling or on a web that "
+    "does not hold streams, 30 for the page). "
     "The delay runs from just before the worker's terminal write (`StatusStore.write`: the "
     "SUCCESS document and its event in one Lua call) to the follower having the SUCCESS "
     "document: the client's `on_update` (what the CLI's bar draws; the CLI then reads the "
