@@ -16,9 +16,18 @@ held stream's waits use a connection of a pool of their own, sized
 WEB_STREAMS_HELD_MAX per worker, never the one polls read from; past that
 many at once a stream replays and closes (the `events` process holds any
 number, one Redis reader for all: route stream paths to it at scale).
+
+A worker told to stop (SIGTERM: a deploy, Ctrl-C under `make run`) lets its
+held streams go within a second (`end_on_sigterm`, from gunicorn.conf.py)
+instead of keeping its graceful stop waiting for them; their clients
+reconnect elsewhere after `retry`.
 """
 
 from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
 
 import redis
 from flask import Flask, current_app
@@ -26,10 +35,13 @@ from flask import Flask, current_app
 from infra import gevent_support
 from infra.settings import Settings
 from shared.jobs.events import EventLog, StreamKeys
+from shared.jobs.streams import HELD_WAIT_SECONDS
 
 _EXTENSION = "conveyor.held_streams"
-# Slack on the socket timeout past the longest wait (a keep-alive interval).
+# Slack on the socket timeout past the longest wait on a log.
 _SOCKET_SLACK_SECONDS = 5
+# Set once this process has been told to stop: held streams end at their next wait.
+_STOPPING = threading.Event()
 
 
 class HeldStreams:
@@ -52,13 +64,37 @@ class HeldStreams:
     def release(self) -> None:
         self.held -= 1
 
+    @staticmethod
+    def keep_holding() -> bool:
+        """False once the process is stopping: its held streams end (their clients resume)."""
+        return not _STOPPING.is_set()
+
+
+def end_on_sigterm() -> None:
+    """On SIGTERM, end this process's held streams, then run the handler it had (gunicorn's).
+
+    gunicorn's gevent worker stops gracefully on SIGTERM: it stops accepting
+    and waits (up to graceful_timeout) for requests in progress, a held stream
+    among them. The previous handler is called as it was; only a flag is added.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stopping(signum: int, frame: FrameType | None) -> None:
+        _STOPPING.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, stopping)
+    # As gunicorn sets it for its own handler: requests' system calls go on.
+    signal.siginterrupt(signal.SIGTERM, False)
+
 
 def init_held_streams(app: Flask, settings: Settings) -> None:
     """Let `app` hold streams open when it runs in a gevent worker and holding is on."""
     limit, hold = settings.web_streams_held_max, settings.web_stream_hold_seconds
     if limit < 1 or hold <= 0 or not gevent_support.is_patched():
         return
-    wait_seconds = min(hold, settings.events_keepalive_seconds)
+    wait_seconds = min(hold, HELD_WAIT_SECONDS)
     client = redis.Redis(
         connection_pool=redis.BlockingConnectionPool.from_url(
             settings.redis_url,

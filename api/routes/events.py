@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from api.errors import ApiError, not_found
 from api.extensions import resources
-from api.held_streams import held_streams
+from api.held_streams import HeldStreams, held_streams
 from api.limits import poll_limited
 from api.openapi import PlainText, documented
 from api.requests import parse_query
@@ -165,6 +165,7 @@ def _stream(job_id: str | None, owner_id: int, after: str | None) -> JobStream:
         reconnect_ms=RECONNECT_MS if held is None else HELD_RECONNECT_MS,
         follow=None if held is None else held.log,
         hold_seconds=0.0 if held is None else held.hold_seconds,
+        keep_holding=HeldStreams.keep_holding,
         on_close=None if held is None else held.release,
     )
 

@@ -32,6 +32,9 @@ RECONNECT_MS = 2000
 # The same after a held stream's hold ran out: it lasted seconds, so a prompt
 # reconnect costs little, and events meanwhile wait no longer than this.
 HELD_RECONNECT_MS = 250
+# A held stream's longest single wait on its log (an XREAD BLOCK a second
+# while idle): how soon it notices its process stopping.
+HELD_WAIT_SECONDS = 1.0
 
 # The job's status if its row says it ended (its event was lost), else None.
 RowCheck = Callable[[], dict[str, Any] | None]
@@ -68,6 +71,7 @@ class JobStream:
         reconnect_ms: int = RECONNECT_MS,
         follow: EventLog | None = None,
         hold_seconds: float = 0.0,
+        keep_holding: Callable[[], bool] = lambda: True,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.log = log
@@ -80,6 +84,7 @@ class JobStream:
         self.reconnect_ms = reconnect_ms
         self.follow = follow
         self.hold_seconds = hold_seconds
+        self.keep_holding = keep_holding
         self.on_close = on_close
         self.sub: Subscription | None = None
 
@@ -132,29 +137,33 @@ class JobStream:
         return False
 
     def _held(self, follow: EventLog) -> Iterator[str]:
-        """Live events read from the log itself, until the job ends or `hold_seconds` pass.
+        """Live events read from the log itself, until the job ends or the hold is over.
 
         Each wait is one XREAD BLOCK after the last id sent, so nothing written
-        meanwhile is missed. The hold is shorter than STALE_AFTER: the row is
-        asked again when the client reconnects, not here. Redis going away
-        ends the stream; the client resumes after its Last-Event-ID.
+        meanwhile is missed; waits are short (HELD_WAIT_SECONDS) so a stopping
+        process (`keep_holding` turns false) lets its streams go at once. The
+        hold is shorter than STALE_AFTER: the row is asked again when the
+        client reconnects, not here. Redis going away ends the stream; the
+        client resumes after its Last-Event-ID.
         """
         deadline = time.monotonic() + self.hold_seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            wait = min(remaining, self.keepalive)
+        quiet_since = time.monotonic()
+        while (remaining := deadline - time.monotonic()) > 0 and self.keep_holding():
+            wait_ms = int(min(remaining, HELD_WAIT_SECONDS) * 1000)
             try:
                 if self.job_id is not None:
-                    events = follow.wait_job_events(self.job_id, self.after, int(wait * 1000))
+                    events = follow.wait_job_events(self.job_id, self.after, wait_ms)
                 else:
-                    events = follow.wait_user_events(self.owner_id, self.after, int(wait * 1000))
+                    events = follow.wait_user_events(self.owner_id, self.after, wait_ms)
             except redis.RedisError:
                 return
-            if not events:
-                if remaining > wait:
-                    yield ": keep-alive\n\n"
-                continue
-            if (yield from self._send(events)):
-                return
+            if events:
+                quiet_since = time.monotonic()
+                if (yield from self._send(events)):
+                    return
+            elif time.monotonic() - quiet_since >= self.keepalive:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
 
     def _live(self, sub: Subscription) -> Iterator[str]:
         quiet_since = time.monotonic()

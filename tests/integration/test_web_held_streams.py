@@ -12,6 +12,7 @@ stream saw in which order.
 from __future__ import annotations
 
 import http.client
+import signal
 import sys
 import threading
 import uuid
@@ -192,3 +193,24 @@ def test_held_streams_leave_the_request_gate_to_polls_and_the_next_one_replays(w
     again = OpenStream(web.port, f"/api/v1/tasks/{status['task_id']}/events", headers)
     assert again.next_event() is not None and again.retry == 250
     again.close()
+
+
+def test_a_stopping_web_lets_its_held_streams_go_instead_of_waiting_them_out(web, owner, tmp_path):
+    """SIGTERM (a deploy, Ctrl-C under make run): held streams end, the graceful stop is prompt."""
+    owner_id, headers = owner
+    status = _started_job(web, owner_id)
+    port = free_port()
+    env = {**web.env, "PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_STREAM_HOLD_SECONDS": "600"}
+    # Far longer than the stream's read timeout: only letting go can end it in time.
+    env["GUNICORN_CMD_ARGS"] = "--graceful-timeout 600"
+    argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "api.wsgi:app"]
+    log = tmp_path / "stopping-web.log"
+    with running_server(argv, env=env, log_path=log, port=port) as server:
+        stream = OpenStream(port, f"/api/v1/tasks/{status['task_id']}/events", headers)
+        first = stream.next_event()
+        assert first is not None and first[2] == "STARTED" and stream.retry == 250
+        server.send_signal(signal.SIGTERM)
+        assert stream.next_event() is None  # let go: the server ended it, cleanly
+        stream.close()
+        assert server.wait(timeout=HOLD_SECONDS * 3) == 0  # and nothing else kept it
+    assert "graceful timeout" not in log.read_text()
