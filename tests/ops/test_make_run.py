@@ -12,6 +12,7 @@ Ctrl-C ends it with exit 0, the Flower login survives a second run, and
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -79,6 +80,26 @@ def _flower_workers(port: int, login: str) -> dict:
         return {}
 
 
+def _running_in(root: Path) -> list[int]:
+    """PIDs of the processes whose working directory is `root` (every process of a stack)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == root:
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile, or not ours to look at
+    return found
+
+
+def _kill_what_runs_in(root: Path) -> None:
+    """Whatever a failed run left in `root`: only processes this test started work there."""
+    for pid in _running_in(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 class DevStack:
     """`python -m scripts.devstack` in `root`, its merged output in a file."""
 
@@ -102,7 +123,7 @@ class DevStack:
         return found
 
     def interrupt(self) -> int:
-        """Ctrl-C, as a terminal sends it to the foreground process."""
+        """Ctrl-C, as a terminal sends it to the foreground process; its exit code."""
         self.process.send_signal(signal.SIGINT)
         return self.process.wait(timeout=60)
 
@@ -143,20 +164,24 @@ def test_make_run_starts_quietly_on_loopback_and_cleans_up_after_itself(tmp_path
             assert _listening(port) == {"0100007F"}, (name, _listening(port))  # 127.0.0.1 only
         assert any(machine.scan_iter(match=f"{prefix}*", count=1000))  # its keys, its prefix
         assert first.interrupt() == 0
+        assert _running_in(root) == []  # every process of the stack stopped with it
         text = first.text()
         assert text.rstrip().endswith("devstack | stopped")
         assert not NOISE.search(text), NOISE.search(text).group(0)
     finally:
         first.close()
+        _kill_what_runs_in(root)
 
     second = DevStack(root, env, tmp_path / "second.log")
     try:
         assert second.wait_for(r"flower: +\S+ login (\S+) ").group(1) == login
         second.wait_for(r"web: ")
         assert second.interrupt() == 0  # early: while it migrates or starts
+        assert _running_in(root) == []  # nothing left running on its own
         assert not NOISE.search(second.text()), second.text()[-2000:]
     finally:
         second.close()
+        _kill_what_runs_in(root)
 
     machine.set("conveyor-unrelated-key-of-someone-else", "kept")
     try:
