@@ -93,7 +93,9 @@ async function submit(path, body) {
       body,
       headers: { "Idempotency-Key": crypto.randomUUID() },
     });
-    render({ ...data, progress: 0, message: "queued" });
+    // The job's own events may already have arrived (streams are live): the 202 only
+    // adds a row for a job not seen yet, never moves one back to PENDING.
+    if (!jobs.has(data.task_id)) render({ ...data, progress: 0, message: "queued" });
     if (!source) schedulePoll(0);
   } catch (error) {
     showError(error);
@@ -113,8 +115,9 @@ async function cancel(taskId) {
 function render(status) {
   if (!status || !status.task_id) return;
   const known = jobs.get(status.task_id);
-  // A late event never moves a finished job back.
+  // A late event never moves a finished job back, nor an older document a newer one.
   if (known && TERMINAL.has(known.state) && !TERMINAL.has(status.state)) return;
+  if (known?.updated_at && Date.parse(status.updated_at) < Date.parse(known.updated_at)) return;
   const merged = { ...known, ...status };
   jobs.set(status.task_id, merged);
   let row = document.querySelector(`tr[data-task-id="${CSS.escape(status.task_id)}"]`);
