@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test migrate lint bench chaos clean
+.PHONY: install browser run test migrate lint bench chaos compose-up compose-down compose-check clean
 
 # Re-install only when a requirements file (or pyproject.toml) changed since the last install.
 # The project itself goes in editable, without its dependencies (the requirements
@@ -28,8 +28,12 @@ run: install
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "installing chromium and chromium-driver (Debian packages)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
+# Parallel test processes, each with its own database and Redis prefix (pytest-xdist);
+# a test file's tests stay in one process, so module fixtures start once.
+TEST_WORKERS ?= 4
+
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .
@@ -41,6 +45,18 @@ bench: install
 
 chaos: install
 	$(BIN)/python -m chaos
+
+# The production shape in Docker (docs/compose.md): engine, Compose and stand-in base
+# images prepared where missing. SCALE="web=2 worker=3" scales; VOLUMES=1 also drops the data.
+compose-up: install
+	$(BIN)/python -m ops.compose.stack up $(foreach s,$(SCALE),--scale $(s))
+
+compose-down: install
+	$(BIN)/python -m ops.compose.stack down $(if $(VOLUMES),--volumes)
+
+# The compose stack tried from the outside, in its own project (not part of make test).
+compose-check: install
+	$(BIN)/python -m ops.compose.check
 
 # First the Redis keys `make run` left under its own prefix on a shared Redis
 # (var/devstack.json says where; refused while `make run` runs), then the files.

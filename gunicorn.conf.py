@@ -1,7 +1,7 @@
 """Gunicorn settings for the `web` and `events` processes; tuned through environment variables only.
 
-Why each value is what it is, with the measurements: docs/operations.md
-("The web process") and docs/benchmarks.md. The hooks below install the
+Why each value is what it is: docs/deployment.md ("The web process"); the
+measurements are in docs/benchmarks.md. The hooks below install the
 adjustments of tuning/ that CONVEYOR_TUNING selects.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from bench import event_streams, live_views, machine, report, wrk
+from bench import event_streams, live_views, machine, report, tuning_off, wrk
 from bench.client import ApiClient, login
 from bench.report import Figure
 from bench.scenarios import PASSWORD, Bench, Options
@@ -28,7 +28,7 @@ from infra.settings import Settings
 IDEAL_AI = Figure("", "ideal", 100.0, "jobs/s")
 
 # Scenario groups `--only` can pick.
-GROUPS = ("web", "drain", "ai", "streams", "live")
+GROUPS = ("web", "drain", "ai", "streams", "tuning", "live")
 
 # Variables a developer's shell may carry that would point the stack elsewhere.
 _INHERITED = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PROMETHEUS_MULTIPROC_DIR", "PORT")
@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := only - set(GROUPS):
         print(f"unknown --only group(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    if "web" in only:
+    if "web" in only or "tuning" in only:
         only.add("drain")
+    if "tuning" in only:
+        only.add("web")  # the default figures the stock ones are compared with
     partial = only != set(GROUPS)
     if args.output is None and not partial:
         args.output = str(ROOT / "docs" / "benchmarks.md")
@@ -142,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             conveyor["poll"] = bench.poll(client.token, base, drained)
             bench.crowd("web (gevent, as the Procfile runs it)", base, client.token, drained)
             gthread = bench.gthread(client.token, drained)
+        stock: dict = {}
+        if "tuning" in only:
+            stock = tuning_off.measure(bench, submitters, client.token, drained)
         if "ai" in only:
             bench.ai(client)
             ai_slow = bench.ai_slow_upstream(client)
@@ -178,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 noop,
             ),
             ("AI, 1 s upstream, concurrency 100 / ideal 100 jobs/s", ai_slow, IDEAL_AI),
+            *tuning_off.ratios(conveyor, stock, bench.figure("Ledger worker", "drain rate")),
         ]
         pg_version = db.query("SHOW server_version")[0][0]
         page = report.markdown(

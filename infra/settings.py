@@ -190,6 +190,9 @@ class Settings:
     events_port: int = _env("EVENTS_PORT", default=8001)
     events_ticket_ttl_seconds: int = _env("EVENTS_TICKET_TTL_SECONDS", default=60)
     events_keepalive_seconds: float = _env("EVENTS_KEEPALIVE_SECONDS", default=15.0)
+    # A quiet job stream asks the job's row at most this often, so a job whose last
+    # event was lost (written while Redis was down) still ends its stream.
+    events_row_check_seconds: float = _env("EVENTS_ROW_CHECK_SECONDS", default=60.0)
     flower_basic_auth: str = _env("FLOWER_BASIC_AUTH", default="")
     # Event streams `web` answers itself (api/held_streams.py): held open this long
     # on a blocking read of the job's own log, at most this many per gevent worker
@@ -249,9 +252,14 @@ class Settings:
             raise ConfigError(str(exc)) from None
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT must be json or console, got {self.log_format!r}")
-        if self.events_ticket_ttl_seconds < 1 or self.events_keepalive_seconds <= 0:
+        if (
+            self.events_ticket_ttl_seconds < 1
+            or self.events_keepalive_seconds <= 0
+            or self.events_row_check_seconds <= 0
+        ):
             raise ConfigError(
-                "EVENTS_TICKET_TTL_SECONDS and EVENTS_KEEPALIVE_SECONDS must be positive"
+                "EVENTS_TICKET_TTL_SECONDS, EVENTS_KEEPALIVE_SECONDS and "
+                "EVENTS_ROW_CHECK_SECONDS must be positive"
             )
         if self.web_stream_hold_seconds < 0 or self.web_streams_held_max < 0:
             raise ConfigError("WEB_STREAM_HOLD_SECONDS and WEB_STREAMS_HELD_MAX must be 0 or more")

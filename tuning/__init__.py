@@ -26,6 +26,8 @@ has re-checked it against the new release.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from tuning.registry import (
@@ -44,7 +46,10 @@ from tuning.registry import (
     mismatches,
     refused,
     selection_of,
+    summary,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ADJUSTMENTS",
@@ -65,6 +70,7 @@ __all__ = [
     "mismatches",
     "refused",
     "selection_of",
+    "summary",
 ]
 
 
@@ -78,56 +84,37 @@ def install_arbiter(server: Any, selection: Selection) -> None:
 
 def install_web_worker(worker: Any, selection: Selection) -> None:
     """A gunicorn worker with the app loaded (post_worker_init): gevent or gthread."""
-    from infra import gevent_support as gevent_process
+    from infra import gevent_support
+    from tuning import collector, gunicorn_balance, gunicorn_one_write, gunicorn_trusted_headers
 
-    if check(selection, "gunicorn_one_write"):
-        from tuning import gunicorn_one_write
-
-        gunicorn_one_write.install()
-        applied("gunicorn_one_write")
-    if check(selection, "gunicorn_trusted_headers"):
-        from tuning import gunicorn_trusted_headers
-
-        gunicorn_trusted_headers.install()
-        applied("gunicorn_trusted_headers")
-    if check(selection, "collector"):
-        from tuning import collector
-
-        collector.tune_collector()
-        applied("collector")
-    if gevent_process.is_patched() and check(selection, "redis_zero_poll"):
+    _apply(selection, "gunicorn_one_write", gunicorn_one_write.install)
+    _apply(selection, "gunicorn_trusted_headers", gunicorn_trusted_headers.install)
+    if gevent_support.is_patched():
         from tuning import redis_zero_poll
 
-        if redis_zero_poll.install():
-            applied("redis_zero_poll")
-    if gevent_process.is_patched() and check(selection, "gunicorn_balance"):
-        from tuning import gunicorn_balance
-
-        if gunicorn_balance.install(worker):
-            applied("gunicorn_balance")
+        _apply(selection, "redis_zero_poll", redis_zero_poll.install)
+        _apply(selection, "gunicorn_balance", lambda: gunicorn_balance.install(worker))
+    # Last: it freezes what the others made.
+    _apply(selection, "collector", collector.tune_collector)
+    log.info("tuning of this web worker: %s", summary())
 
 
 def install_celery_worker(selection: Selection) -> None:
     """A Celery worker process, before its consumer starts (workers/factory.py wire_process)."""
-    from infra import gevent_support as gevent_process
+    from infra import gevent_support
+    from tuning import collector, kombu_detached_guard, kombu_redis
 
-    if check(selection, "kombu_detached_guard"):
-        from tuning import kombu_detached_guard
-
-        kombu_detached_guard.install()
-        applied("kombu_detached_guard")
-    if check(selection, "kombu_client_reuse"):
-        from tuning import kombu_redis
-
-        kombu_redis.install()
-        applied("kombu_client_reuse")
-    if gevent_process.is_patched() and check(selection, "redis_zero_poll"):
+    _apply(selection, "kombu_detached_guard", kombu_detached_guard.install)
+    _apply(selection, "kombu_client_reuse", kombu_redis.install)
+    if gevent_support.is_patched():
         from tuning import redis_zero_poll
 
-        if redis_zero_poll.install():
-            applied("redis_zero_poll")
-    if check(selection, "collector"):
-        from tuning import collector
+        _apply(selection, "redis_zero_poll", redis_zero_poll.install)
+    _apply(selection, "collector", collector.install_worker_signals)
+    log.info("tuning of this worker: %s", summary())
 
-        collector.install_worker_signals()
-        applied("collector")
+
+def _apply(selection: Selection, name: str, install: Callable[[], object]) -> None:
+    """Install `name` when this process should (see `check`); note it on when it took."""
+    if check(selection, name) and install() is not False:
+        applied(name)

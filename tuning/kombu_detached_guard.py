@@ -35,13 +35,13 @@ _ORIGINAL = "_conveyor_original"
 
 
 def install() -> bool:
-    """Guard kombu's Redis channels (once); False when already guarded."""
+    """Guard kombu's Redis channels (once; again is a no-op)."""
     from kombu.transport import redis as kombu_redis
 
     channel_class = kombu_redis.Channel
     current = channel_class._connparams
     if getattr(current, _ORIGINAL, None) is not None:
-        return False
+        return True
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     def _connparams(self: Any, asynchronous: bool = False) -> dict[str, Any]:

@@ -37,7 +37,7 @@ def install() -> bool:
     channel_class = kombu_redis.Channel
     current = channel_class.conn_or_acquire
     if getattr(current, _ORIGINAL, None) is not None:
-        return False
+        return True
 
     @contextmanager
     def conn_or_acquire(self: Any, client: Any = None) -> Iterator[Any]:

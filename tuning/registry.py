@@ -38,6 +38,7 @@ CELERY = "5.7.0"
 FLASK = "3.1.3"
 WERKZEUG = "3.1.9"
 PROMETHEUS_CLIENT = "0.26.0"
+HTTPX = "0.28.1"
 
 ADJUSTMENTS: tuple[Adjustment, ...] = (
     Adjustment(
@@ -67,6 +68,10 @@ ADJUSTMENTS: tuple[Adjustment, ...] = (
         "redis_own_connections", "tuning.redis_connections", SPEED,
         _targets(redis=REDIS, hiredis=HIREDIS),
         "the poll's HMGET and the submit flush's pipeline on connections of their own",
+    ),
+    Adjustment(
+        "ai_plain_http", "tuning.ai_plain_http", SPEED, _targets(httpx=HTTPX),
+        "the AI provider's POSTs on plain keep-alive http.client connections, not httpx",
     ),
     Adjustment(
         "fast_publish", "tuning.celery_fast_publish", SPEED, _targets(celery=CELERY, kombu=KOMBU),
@@ -205,6 +210,13 @@ def refused(name: str, reason: str) -> None:
 
 def applied(name: str) -> None:
     STATE[name] = "on"
+
+
+def summary() -> str:
+    """One line of what this process applied and what it left off, and why."""
+    on = sorted(name for name, state in STATE.items() if state == "on")
+    off = sorted(f"{name} ({state})" for name, state in STATE.items() if state != "on")
+    return f"on: {', '.join(on) or 'none'}; off: {', '.join(off) or 'none'}"
 
 
 def selection_of(settings: Any) -> Selection:

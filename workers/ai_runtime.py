@@ -1,7 +1,7 @@
 """Per-process AI provider and result cache for the `ai.*` tasks, rebuilt after a fork.
 
 One provider per process means one set of kept-alive upstream connections
-(shared/ai/upstream_http.py): the up to AI_WORKER_CONCURRENCY greenlets of a
+(tuning/ai_plain_http.py when it is on, else httpx): the up to AI_WORKER_CONCURRENCY greenlets of a
 gevent worker take them in turn, one call per connection at a time.
 """
 
@@ -12,6 +12,7 @@ import threading
 from celery import Celery
 from celery.signals import worker_process_init
 
+import tuning
 from shared.ai.cache import AICache
 from shared.ai.providers import Provider, build_provider
 from workers.runtime import resources
@@ -26,7 +27,13 @@ def provider(app: Celery) -> Provider:
     global _provider
     with _lock:
         if _provider is None:
-            _provider = build_provider(app.conf.conveyor_settings)
+            settings = app.conf.conveyor_settings
+            plain_http = None
+            if tuning.enabled(settings, "ai_plain_http"):
+                from tuning.ai_plain_http import KeepAliveConnections as plain_http
+
+                tuning.applied("ai_plain_http")
+            _provider = build_provider(settings, plain_http=plain_http)
         return _provider
 
 

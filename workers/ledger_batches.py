@@ -68,8 +68,16 @@ def _post(task: Task, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, job_posting.P
     posted = [o for o in outcomes.values() if o.status is not None]
     if not posted:
         return outcomes
-    # Committed. One Redis trip: the owners' cached reads dropped, then each
-    # job's SUCCESS document, notification and events.
+    # Committed. The webhook deliveries first (a client that sees SUCCESS can
+    # find them), then one Redis trip: the owners' cached reads dropped, then
+    # each job's SUCCESS document, notification and events.
+    with_webhooks = [o for o in posted if o.has_webhooks]
+    if with_webhooks:
+        from workers.tasks.webhooks import outbox
+
+        webhooks = outbox(task.app)
+        for o in with_webhooks:
+            queue_webhooks(webhooks, o.owner_id, o.status)
     try:
         pipe = res.statuses.pipeline()
         for owner_id in {o.owner_id for o in posted}:
@@ -79,13 +87,6 @@ def _post(task: Task, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, job_posting.P
         pipe.execute()
     except redis.RedisError:
         log.warning("outcomes of %d ledger jobs not published: Redis unavailable", len(posted))
-    with_webhooks = [o for o in posted if o.has_webhooks]
-    if with_webhooks:
-        from workers.tasks.webhooks import outbox
-
-        webhooks = outbox(task.app)
-        for o in with_webhooks:
-            queue_webhooks(webhooks, o.owner_id, o.status)
     return outcomes
 
 

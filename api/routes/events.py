@@ -92,7 +92,7 @@ def task_events(task_id: str) -> Response:
     job_id = jobs.parse_job_id(task_id)
     if job_id is None:
         raise not_found()
-    status = _current_status(str(job_id), owner_id)
+    status = _current_status(resources(), str(job_id), owner_id)
     if status is None:
         raise not_found()
     stream = _stream(str(job_id), owner_id, after)
@@ -130,9 +130,8 @@ def last_event_id() -> str | None:
     return header or query.last_event_id
 
 
-def _current_status(job_id: str, owner_id: int) -> dict[str, Any] | None:
+def _current_status(res: Any, job_id: str, owner_id: int) -> dict[str, Any] | None:
     """The job's status (live document, else the row); None when it is not the caller's."""
-    res = resources()
     try:
         live = res.statuses.read(job_id, owner_id)
     except redis.RedisError:
@@ -143,10 +142,13 @@ def _current_status(job_id: str, owner_id: int) -> dict[str, Any] | None:
 def _stream(job_id: str | None, owner_id: int, after: str | None) -> JobStream:
     res = resources()
 
+    # Runs while the response streams, outside the request: it keeps `res`, not the
+    # context. The row itself, not the live document: that is what may lack the end.
     def check_row() -> dict[str, Any] | None:
         if job_id is None:
             return None
-        status = _current_status(job_id, owner_id)
+        with res.sessions() as session:
+            status = jobs.get_status(session, jobs.parse_job_id(job_id), owner_id)
         return status if status is not None and status["state"] in jobs.TERMINAL else None
 
     hub = current_app.extensions.get("conveyor.event_hub")
@@ -162,6 +164,7 @@ def _stream(job_id: str | None, owner_id: int, after: str | None) -> JobStream:
         after=after,
         keepalive_seconds=res.settings.events_keepalive_seconds,
         check_row=check_row,
+        row_check_seconds=res.settings.events_row_check_seconds,
         reconnect_ms=RECONNECT_MS if held is None else HELD_RECONNECT_MS,
         follow=None if held is None else held.log,
         hold_seconds=0.0 if held is None else held.hold_seconds,

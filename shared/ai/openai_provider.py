@@ -7,17 +7,20 @@ images go to `POST {base_url}/images/generations`. Every failure becomes an
 decision: use `error.retryable` and `retry_delay(attempt, base, error.retry_after)`.
 
 Build one instance per process (after any fork) and reuse it: it keeps its
-connections alive between calls (shared/ai/upstream_http.py; an httpx.Client
-when a transport or client is injected or the environment sets a proxy).
+connections alive between calls (an httpx.Client, or the plain keep-alive
+connections a worker hands it as `plain_http`, tuning/ai_plain_http.py).
 Tests inject `transport=` (e.g. `httpx.MockTransport`) or point `base_url` at
 a loopback server; nothing is patched.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -25,7 +28,23 @@ from shared.ai.errors import AIError, redact
 from shared.ai.outline import outline_messages, parse_outline
 from shared.ai.request import AIRequest
 from shared.ai.retry import parse_retry_after
-from shared.ai.upstream_http import KeepAliveConnections, TransportErrors
+
+# Errors of one exchange on plain connections: a TimeoutError is a timeout, the
+# rest an unreachable upstream (TimeoutError is an OSError: test it first).
+TransportErrors = (OSError, http.client.HTTPException)
+
+
+class PlainConnections(Protocol):
+    """Keep-alive connections to one origin that POST and answer httpx.Response objects."""
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response: ...
+
+    def close(self) -> None: ...
+
+
+# Makes PlainConnections for (base URL, timeout, TLS context or None).
+PlainHttp = Callable[[str, float, ssl.SSLContext | None], PlainConnections]
+
 
 if TYPE_CHECKING:
     from shared.ai.provider import ProgressCallback
@@ -64,6 +83,7 @@ class OpenAIProvider:
         client: httpx.Client | None = None,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 100,
+        plain_http: PlainHttp | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -77,11 +97,12 @@ class OpenAIProvider:
         }
         self._owns_client = client is None
         self._client = client
-        self._connections: KeepAliveConnections | None = None
-        if client is None and (transport is not None or urllib.request.getproxies()):
-            # An injected transport, or a proxy from the environment (which
-            # httpx honours and our plain connections do not): httpx carries
-            # every call, one pool of max_connections.
+        self._connections: PlainConnections | None = None
+        plain = plain_http is not None and transport is None and not urllib.request.getproxies()
+        if client is None and not plain:
+            # httpx carries every call, one pool of max_connections (also
+            # when a test injects a transport or the environment sets a proxy,
+            # which the plain connections would not honour).
             self._client = httpx.Client(
                 transport=transport,
                 timeout=timeout,
@@ -89,12 +110,11 @@ class OpenAIProvider:
                     max_connections=max_connections, max_keepalive_connections=max_connections
                 ),
             )
-        elif client is None:
-            # Our own calls go on plain keep-alive connections, one per call
-            # at a time (shared/ai/upstream_http.py says why), sharing the TLS
-            # context httpx would build.
+        elif client is None and plain_http is not None:
+            # Plain keep-alive connections, one per call at a time, with the
+            # TLS context httpx would build (tuning/ai_plain_http.py).
             https = self.base_url.startswith("https:")
-            self._connections = KeepAliveConnections(
+            self._connections = plain_http(
                 self.base_url, timeout, httpx.create_ssl_context() if https else None
             )
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from shared.ai.offline import OfflineProvider
-from shared.ai.openai_provider import OpenAIProvider
+from shared.ai.openai_provider import OpenAIProvider, PlainHttp
 from shared.ai.provider import ProgressCallback, Provider
 from shared.ai.retry import retry_delay
 
@@ -24,8 +24,17 @@ __all__ = [
 ]
 
 
-def build_provider(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> Provider:
-    """The provider `settings.resolved_ai_provider` names, configured from settings."""
+def build_provider(
+    settings: Settings,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    plain_http: PlainHttp | None = None,
+) -> Provider:
+    """The provider `settings.resolved_ai_provider` names, configured from settings.
+
+    `plain_http`: the OpenAI provider's calls go on these connections instead of
+    httpx (the worker passes tuning/ai_plain_http.py's when it is on).
+    """
     if settings.resolved_ai_provider == "openai":
         return OpenAIProvider(
             base_url=settings.ai_base_url,
@@ -36,5 +45,6 @@ def build_provider(settings: Settings, *, transport: httpx.BaseTransport | None 
             transport=transport,
             # A gevent AI worker runs this many tasks at once; let each have a socket.
             max_connections=settings.ai_worker_concurrency,
+            plain_http=plain_http,
         )
     return OfflineProvider()

@@ -40,7 +40,11 @@ def announce_outcome(
     The document (and its event), the notification and its event go to Redis
     in one pipelined trip, after whatever `first` queues on the same pipeline
     (a worker's cache invalidation, so a read after SUCCESS is never stale).
+    The webhook deliveries are recorded before that, so a client that sees
+    the outcome can also find its deliveries.
     """
+    if webhooks is not None:
+        queue_webhooks(webhooks, owner_id, status)
     try:
         pipe = statuses.pipeline()
         if first is not None:
@@ -52,8 +56,6 @@ def announce_outcome(
             "status of job %s not published: Redis unavailable (nor its notification)",
             status["task_id"],
         )
-    if webhooks is not None:
-        queue_webhooks(webhooks, owner_id, status)
 
 
 def queue_outcome(

@@ -6,7 +6,7 @@ newer than the last one sent (a replay after a resync repeats nothing), and
 a job's stream ends after the job's terminal event. What the log may lack,
 the row decides: a job that ended while its event was lost (written while
 Redis was down, or expired) gets a closing `state` frame from the row, and a
-quiet stream asks the row at most once per `STALE_AFTER`.
+quiet stream asks the row at most once per `row_check_seconds` (EVENTS_ROW_CHECK_SECONDS).
 
 Without a hub a stream either waits on its own log for a bounded time
 (`follow`, `hold_seconds`: web's streams, a blocking read of the job's or
@@ -69,6 +69,7 @@ class JobStream:
         keepalive_seconds: float,
         check_row: RowCheck,
         reconnect_ms: int = RECONNECT_MS,
+        row_check_seconds: float = STALE_AFTER.total_seconds(),
         follow: EventLog | None = None,
         hold_seconds: float = 0.0,
         keep_holding: Callable[[], bool] = lambda: True,
@@ -82,6 +83,7 @@ class JobStream:
         self.keepalive = keepalive_seconds
         self.check_row = check_row
         self.reconnect_ms = reconnect_ms
+        self.row_check_seconds = row_check_seconds
         self.follow = follow
         self.hold_seconds = hold_seconds
         self.keep_holding = keep_holding
@@ -173,8 +175,8 @@ class JobStream:
             if item is None:
                 yield ": keep-alive\n\n"
                 ending = None
-                if time.monotonic() - quiet_since > STALE_AFTER.total_seconds():
-                    # At most once per STALE_AFTER per quiet stream: it may read the row.
+                if time.monotonic() - quiet_since > self.row_check_seconds:
+                    # At most once per row_check_seconds per quiet stream: it may read the row.
                     ending, quiet_since = self.check_row(), time.monotonic()
                 if ending is not None:
                     yield ending_frame(ending)

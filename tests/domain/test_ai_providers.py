@@ -7,6 +7,7 @@ import json
 import pickle
 import random
 import socket
+import sys
 import time
 import traceback
 import uuid
@@ -20,11 +21,11 @@ from infra.settings import Settings
 from shared.ai.errors import AIError, redact
 from shared.ai.providers import (
     OfflineProvider,
-    OpenAIProvider,
     Provider,
     build_provider,
     retry_delay,
 )
+from shared.ai.providers import OpenAIProvider as _OpenAIProvider
 from shared.ai.request import AIRequest, AIRequestError
 from shared.ai.retry import parse_retry_after
 from tests.fakes import fixtures
@@ -34,9 +35,26 @@ from tests.fakes.openai_server import (
     error_body,
     outline_json,
 )
+from tuning.ai_plain_http import KeepAliveConnections
 
 # Until a conftest provides it, the fixture is made visible to this module here.
 openai_server = fixtures.openai_server
+
+# Every test here runs on both of the provider's ways to the upstream: httpx (the
+# stock path) and the plain keep-alive connections of tuning/ai_plain_http.py.
+PATHS = {"httpx": None, "plain": KeepAliveConnections}
+PLAIN_HTTP = None
+
+
+@pytest.fixture(params=sorted(PATHS), autouse=True)
+def upstream_path(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "PLAIN_HTTP", PATHS[request.param])
+    return request.param
+
+
+def OpenAIProvider(*args, **kwargs):
+    return _OpenAIProvider(*args, plain_http=PLAIN_HTTP, **kwargs)
+
 
 API_KEY = f"sk-test-{uuid.uuid4().hex}"
 TEXT = AIRequest("text", "Explain   how Celery\n routes tasks to queues.", {})
@@ -430,7 +448,7 @@ def test_build_provider_openai_from_settings(openai_server):
     )
     provider = build_provider(settings)
     try:
-        assert isinstance(provider, OpenAIProvider)
+        assert isinstance(provider, _OpenAIProvider)
         assert (provider.model_for("text"), provider.model_for("image")) == (
             "gpt-configured",
             "img-configured",

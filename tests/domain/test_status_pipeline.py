@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +11,6 @@ import pytest
 from infra.redis_store import Keys
 from shared.jobs.status import StatusStore
 from tests.support.redis_server import PrivateRedis
-
-pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 
 
 @pytest.fixture

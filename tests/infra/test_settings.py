@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from infra.db import create_db_engine
 from infra.settings import ROOT, ConfigError, Settings, normalize_database_url
-from tests.support.environment import ADMIN_DSN, PG_HOST, process_environment
+from tests.support.environment import ADMIN_DSN, PG_HOST, PG_PORT, process_environment
 
 FORMS = ("postgresql", "postgres", "postgresql+psycopg2")
 
@@ -58,7 +58,9 @@ def scratch_database():
 @pytest.mark.parametrize("scheme", FORMS)
 def test_engine_connects_with_each_form(scheme: str, database_url: str) -> None:
     name = database_url.rsplit("/", 1)[1]
-    settings = Settings.from_env({"DATABASE_URL": f"{scheme}://postgres@{PG_HOST}:5432/{name}"})
+    settings = Settings.from_env(
+        {"DATABASE_URL": f"{scheme}://postgres@{PG_HOST}:{PG_PORT}/{name}"}
+    )
     engine = create_db_engine(settings)
     try:
         with engine.connect() as conn:
@@ -72,7 +74,7 @@ def test_make_migrate_with_each_form(scheme: str, scratch_database: str) -> None
     """`python -m scripts.migrate` (what `make migrate` and compose's migrate run)."""
     env = {
         **process_environment(),
-        "DATABASE_URL": f"{scheme}://postgres@{PG_HOST}:5432/{scratch_database}",
+        "DATABASE_URL": f"{scheme}://postgres@{PG_HOST}:{PG_PORT}/{scratch_database}",
     }
     done = subprocess.run(
         [sys.executable, "-m", "scripts.migrate"],

@@ -158,3 +158,32 @@ def test_a_poll_of_a_running_or_queued_job_carries_retry_after(finished_job, cli
     finished = client.get(f"/api/v1/tasks/{task_id}", headers=headers)
     assert done["state"] == "SUCCESS" and "Retry-After" not in finished.headers
     assert done["queue_position"] is None and done["eta_seconds"] is None
+
+
+def test_a_quiet_stream_ends_from_the_row_when_the_jobs_last_event_was_lost(
+    process_env, tmp_path, app, resources
+):
+    """A job finished with no event in its log (Redis lost it): the stream asks the row and ends."""
+    from shared import jobs
+    from tests.support.accounts import register_and_login
+
+    user_id, headers = register_and_login(app.test_client(), f"quiet_{uuid.uuid4().hex[:10]}")
+    # Recorded as a submission records it (row, PENDING document and event), never
+    # published, so no worker of this module takes it.
+    with resources.autocommit_engine.connect() as conn:
+        created = jobs.create_job(
+            conn, owner_id=user_id, kind="ledger.transaction",
+            params={"type": "credit", "amount": 7}, ttl_seconds=3600,
+        )  # fmt: skip
+    resources.statuses.record_enqueued(user_id, created.status)
+    task_id = created.status["task_id"]
+    # The row finishes behind Redis's back: the log keeps only the PENDING event.
+    with resources.sessions.begin() as session:
+        assert jobs.finish(session, uuid.UUID(task_id), state="SUCCESS", result={"balance": 7})
+    quiet = {"EVENTS_KEEPALIVE_SECONDS": "0.2", "EVENTS_ROW_CHECK_SECONDS": "0.5"}
+    with running_events(process_env, tmp_path / "events.log", **quiet) as server:
+        received = read_events(server.connection(), f"/api/v1/tasks/{task_id}/events", headers)
+    assert received.ended
+    assert received.states == ["PENDING", "SUCCESS"]
+    assert received.ids[-1] is None  # the ending came from the row: nothing to resume after
+    assert received.events[-1][2]["result"] == {"balance": 7}

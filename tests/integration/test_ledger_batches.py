@@ -30,7 +30,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def stack(settings, redis_client, tmp_path):
     # A backlog of more than the default 50 unfinished jobs per user.
-    with private_stack(settings, redis_client, tmp_path, max_inflight_jobs=500) as private:
+    # The batching adjustment itself is under test: on whatever CONVEYOR_TUNING says.
+    with private_stack(
+        settings, redis_client, tmp_path, max_inflight_jobs=500, tuning="on"
+    ) as private:
         yield private
 
 

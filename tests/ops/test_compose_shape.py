@@ -1,7 +1,8 @@
 """docker-compose.yml's application services, each run with its own command and environment.
 
-No Docker engine exists here, so this is how compose's wiring is exercised. The
-test reads docker-compose.yml, interpolates it as compose does (`${VAR:?msg}`,
+This test needs no Docker engine (it runs in `make test`); `make compose-check`
+runs the real stack in Docker (docs/compose.md). The test reads
+docker-compose.yml, interpolates it as compose does (`${VAR:?msg}`,
 `${VAR:-default}`, `$$`) from a test .env mapping (which is also what the
 services' `env_file: .env` hands them), and runs migrate, web, events, worker,
 worker_ai, beat and flower with exactly their `command` and `environment`
@@ -20,7 +21,8 @@ What it rewrites, and nothing else:
   private directories.
 Health checks run as compose runs them: CMD as argv, CMD-SHELL under /bin/sh -c,
 in the service's environment. Images, the Dockerfile build, container
-networking, restart policies and volume persistence are not exercised.
+networking, restart policies and volume persistence are not exercised here;
+`make compose-check` exercises them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from psycopg2 import sql
 from beat_schedule import beat_schedule
 from infra.settings import ROOT
 from tests.support.accounts import PASSWORD
-from tests.support.environment import ADMIN_DSN, PG_HOST
+from tests.support.environment import ADMIN_DSN, PG_HOST, PG_PORT
 from tests.support.metrics import value
 from tests.support.processes import free_port, running_server
 
@@ -166,7 +168,7 @@ def localize_url(value: str, database: str, role: str, redis_port: int) -> str:
     parts = urlsplit(value)
     if parts.hostname == "postgres":
         password = parts.password or ""
-        netloc = f"{role}:{password}@{PG_HOST}:5432"
+        netloc = f"{role}:{password}@{PG_HOST}:{PG_PORT}"
         return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, parts.fragment))
     if parts.hostname == "redis":
         userinfo = parts.netloc.rpartition("@")[0]

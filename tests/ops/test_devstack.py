@@ -428,3 +428,16 @@ def test_env_example_documents_every_variable() -> None:
     }
     missing = sorted(required - documented)
     assert not missing, f"document these in .env.example (one comment line each): {missing}"
+
+
+def test_readme_names_every_variable_and_the_configuration_page_explains_it() -> None:
+    """Every variable a process reads is named in README and has a row in docs/configuration.md."""
+    example = (ROOT / ".env.example").read_text()
+    variables = {f.metadata["env"] for f in fields(Settings)} | set(
+        re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE)
+    )
+    readme = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", (ROOT / "README.md").read_text()))
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", page, flags=re.MULTILINE))
+    assert sorted(variables - readme) == [], "name these in README's Configuration"
+    assert sorted(variables - rows) == [], "give these a row in docs/configuration.md"

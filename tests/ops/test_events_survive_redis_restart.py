@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import threading
 import uuid
 from pathlib import Path
 
-import pytest
 import redis
 
 from shared.jobs.events import EventLog, StreamKeys
@@ -23,8 +21,6 @@ from tests.support.accounts import PASSWORD
 from tests.support.environment import process_environment
 from tests.support.events import Received, read_events, running_events
 from tests.support.redis_server import PrivateRedis, wait_until
-
-pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 
 
 def test_a_stream_resumes_across_a_redis_restart(settings, tmp_path: Path):

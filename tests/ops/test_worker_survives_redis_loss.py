@@ -11,7 +11,6 @@ the shape in which kombu 5.7.0 killed the worker with `AttributeError:
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import subprocess
 import sys
 import uuid
@@ -33,8 +32,6 @@ from tests.support.redis_server import wait_until as _wait
 VISIBILITY = 4
 COUNTDOWN = 6
 BOUND = 90.0
-
-pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ ADMIN_DSN = os.environ.get(
 )
 DB_NAME = f"conveyor_test_{RUN_ID}"
 PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
+# Set by tests/support/services.py when it started an embedded PostgreSQL for the run.
+PG_PORT = os.environ.get("TEST_POSTGRES_PORT", "5432")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 REDIS_PREFIX = f"conveyor-test-{RUN_ID}:"
 
@@ -27,7 +29,7 @@ REDIS_PREFIX = f"conveyor-test-{RUN_ID}:"
 # test-sized cost (the same code path, 16x cheaper than production).
 TEST_ENV = {
     "CONVEYOR_ENV": "development",
-    "DATABASE_URL": f"postgresql://postgres@{PG_HOST}:5432/{DB_NAME}",
+    "DATABASE_URL": f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{DB_NAME}",
     "REDIS_URL": REDIS_URL,
     "CONVEYOR_REDIS_PREFIX": REDIS_PREFIX,
     "PASSWORD_HASH_METHOD": "scrypt:2048:8:1",

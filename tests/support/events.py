@@ -39,7 +39,8 @@ def running_events(
     # The Procfile names bare `gunicorn`: the venv's, as under `make run`.
     path = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     env = {**env, "PATH": path, "EVENTS_PORT": str(port), **overrides}
-    with running_server(["/bin/sh", "-c", command], env=env, log_path=log_path, port=port) as proc:
+    argv = ["/bin/sh", "-c", command]
+    with running_server(argv, env=env, log_path=log_path, port=port, ready_path="/healthz") as proc:
         yield EventsServer(port, log_path, proc)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import signal
 import socket
 import subprocess
@@ -27,13 +28,17 @@ def running_server(
     env: Mapping[str, str],
     log_path: Path,
     port: int | None = None,
-    start_timeout: float = 45.0,
+    start_timeout: float = 90.0,
+    ready_path: str | None = None,
 ) -> Iterator[subprocess.Popen]:
     """A server subprocess, its output in `log_path`, stopped by its PID on exit.
 
     With `port`, waits until the port accepts connections (failing with the
-    log's tail if the process dies first). Output goes to a file, not a pipe,
-    so a talkative server can never block on a full pipe nobody reads.
+    log's tail if the process dies first), and with `ready_path` too until a
+    GET of it answers 200: gunicorn's arbiter listens before its workers have
+    loaded the app, and on a busy machine that takes seconds. Output goes to a
+    file, not a pipe, so a talkative server can never block on a full pipe
+    nobody reads.
     """
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -50,6 +55,13 @@ def running_server(
                     assert process.poll() is None, f"{argv[:4]} exited:\n{tail}"
                     assert time.monotonic() < deadline, f"{argv[:4]} did not listen:\n{tail}"
                     time.sleep(0.1)
+            while port is not None and ready_path is not None:
+                if _answers_200(port, ready_path):
+                    break
+                tail = log_path.read_text()[-2000:]
+                assert process.poll() is None, f"{argv[:4]} exited:\n{tail}"
+                assert time.monotonic() < deadline, f"{argv[:4]} never answered:\n{tail}"
+                time.sleep(0.1)
             yield process
         finally:
             process.send_signal(signal.SIGTERM)
@@ -58,3 +70,14 @@ def running_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def _answers_200(port: int, path: str) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()

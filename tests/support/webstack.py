@@ -30,7 +30,9 @@ def served_stack(
         env["GUNICORN_CMD_ARGS"] = "--graceful-timeout 3"
         argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "api.wsgi:app"]
         with (
-            running_server(argv, env=env, log_path=log_dir / "web.log", port=port),
+            running_server(
+                argv, env=env, log_path=log_dir / "web.log", port=port, ready_path="/healthz"
+            ),
             running_events(stack.env, log_dir / "events.log") as events,
         ):
             stack.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]

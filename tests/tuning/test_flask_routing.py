@@ -1,6 +1,8 @@
-"""ConveyorFlask's URL adapter equals Flask's own, request after request (api/__init__.py)."""
+"""RememberingFlask's URL adapter equals Flask's own, request after request (tuning/)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 from flask import Flask
@@ -30,6 +32,27 @@ FIELDS = (
     "query_args",
     "websocket",
 )
+
+
+@pytest.fixture(scope="module")
+def app(settings):
+    """The API on RememberingFlask, whatever CONVEYOR_TUNING says: the adjustment is under test."""
+    from api import create_app
+    from tuning.flask_routing import RememberingFlask
+
+    flask_app = create_app(dataclasses.replace(settings, tuning="on"))
+    assert isinstance(flask_app, RememberingFlask)
+    yield flask_app
+    flask_app.extensions["conveyor"].close()
+
+
+def test_create_app_picks_the_class_the_switch_says(settings):
+    from api import create_app
+    from tuning.flask_routing import RememberingFlask
+
+    stock = create_app(dataclasses.replace(settings, tuning="-flask_routing"))
+    assert type(stock) is Flask and not isinstance(stock, RememberingFlask)
+    stock.extensions["conveyor"].close()
 
 
 def _adapters(app, **kwargs):

@@ -122,7 +122,9 @@ def test_the_procfile_web_spreads_kept_alive_connections_evenly(tmp_path):
     Without the table the first worker to wake takes most (2/38 and 17/23 were seen).
     """
     port = free_port()
+    # The adjustment itself is under test: on whatever CONVEYOR_TUNING says.
     env = {**process_environment(), "PORT": str(port), "WEB_CONCURRENCY": "2"}
+    env["CONVEYOR_TUNING"] = "on"
     argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "--bind", f"127.0.0.1:{port}", "tests.support.gc_probe:app"]  # fmt: skip
     with running_server(argv, env=env, log_path=tmp_path / "web.log", port=port):

@@ -1,18 +1,24 @@
-"""`KeepAliveConnections`: the AI provider's HTTP POSTs on plain keep-alive connections.
+"""The AI provider's POSTs on plain keep-alive `http.client` connections instead of httpx.
 
-The AI worker makes one upstream call per job, up to 100 at once on one core.
-Through httpx each call cost ~1 ms of CPU, half of it httpx's own layers
-(request building and merging, auth and redirect handling, cookie
-extraction, httpcore's pool bookkeeping); the standard library's
-`http.client` does the same exchange for about a third of that
-(`make bench`'s AI rows, py-spy). This module is only that exchange: a free
-list of connections to one origin, each used by one call at a time, kept
-alive between calls, and answers handed back as `httpx.Response`, so the
-provider reads status, headers and JSON exactly as before.
-
+Changes: `OpenAIProvider` (shared/ai/openai_provider.py) is handed
+`KeepAliveConnections` by the worker (workers/ai_runtime.py) and sends its
+calls through them: a free list of connections to one origin, each used by
+one call at a time, kept alive between calls, with answers handed back as
+`httpx.Response` so the provider reads status, headers and JSON as before.
 It covers what the provider needs and no more: no proxies (the provider
-keeps httpx when the environment configures one), no redirects, no
-compression (we ask for identity), TLS with the context httpx would build.
+keeps httpx when the environment configures one, or a test injects a
+transport), no redirects, no compression (it asks for identity), TLS with
+the context httpx would build (`httpx.create_ssl_context`).
+
+Why: the AI worker makes one upstream call per job, up to 100 at once on one
+core; through httpx each call cost ~1 ms of CPU, half of it httpx's own
+layers, and `http.client` does the same exchange for about a third of that
+(docs/benchmarks.md, "AI worker").
+
+Written against: httpx 0.28.1 (`httpx.Response`'s constructor, `create_ssl_context`).
+Breaks: tests/tuning/test_ai_plain_http.py; the provider's behaviour on both
+paths is tests/domain/test_ai_providers.py.
+Off: `CONVEYOR_TUNING=-ai_plain_http` (or `off`): every call goes through httpx.
 """
 
 from __future__ import annotations
@@ -24,10 +30,6 @@ import urllib.parse
 from collections.abc import Mapping
 
 import httpx
-
-# Errors of one exchange: the caller maps TimeoutError to a timeout and the
-# rest to an unreachable upstream (TimeoutError is an OSError: test it first).
-TransportErrors = (OSError, http.client.HTTPException)
 
 
 class KeepAliveConnections:

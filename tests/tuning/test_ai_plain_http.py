@@ -1,4 +1,4 @@
-"""The AI provider's keep-alive connections (shared/ai/upstream_http.py), on loopback servers."""
+"""The AI provider's plain keep-alive connections (tuning/ai_plain_http.py), on loopback servers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from shared.ai.providers import OpenAIProvider
 from shared.ai.request import AIRequest
-from shared.ai.upstream_http import KeepAliveConnections
 from tests.fakes.openai_server import FakeOpenAIServer, Scripted
+from tuning.ai_plain_http import KeepAliveConnections
 
 TEXT = AIRequest("text", "keep the connection", {})
 
@@ -95,7 +95,9 @@ class _OneAnswerPerConnection:
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_not_used():
     server = _OneAnswerPerConnection()
-    provider = OpenAIProvider(server.base_url, "sk-test", "m", "i", 5.0)
+    provider = OpenAIProvider(
+        server.base_url, "sk-test", "m", "i", 5.0, plain_http=KeepAliveConnections
+    )
     try:
         assert provider.generate(TEXT)["text"] == "hi"
         assert server.hung_up.wait(5)

@@ -1,0 +1,1 @@
+"""Operations tooling that runs outside the application (compose stack, stand-in images)."""
