@@ -144,9 +144,9 @@ class JobStream:
         Each wait is one XREAD BLOCK after the last id sent, so nothing written
         meanwhile is missed; waits are short (HELD_WAIT_SECONDS) so a stopping
         process (`keep_holding` turns false) lets its streams go at once. The
-        hold is shorter than STALE_AFTER: the row is asked again when the
-        client reconnects, not here. Redis going away ends the stream; the
-        client resumes after its Last-Event-ID.
+        row is not asked here but when the client reconnects (the hold, 20 s,
+        is well under `row_check_seconds`). Redis going away ends the stream;
+        the client resumes after its Last-Event-ID.
         """
         deadline = time.monotonic() + self.hold_seconds
         quiet_since = time.monotonic()
