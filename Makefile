@@ -58,5 +58,9 @@ compose-down: install
 compose-check: install
 	$(BIN)/python -m ops.compose.check
 
+# First the Redis keys `make run` left under its own prefix on a shared Redis
+# (var/devstack.json says where; refused while `make run` runs), then the files.
 clean:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m scripts.devstack --clean; \
+	elif [ -f var/devstack.json ]; then echo "no .venv: Redis keys named in var/devstack.json left as they are"; fi
 	rm -rf $(VENV) var .pytest_cache

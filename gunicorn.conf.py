@@ -135,13 +135,16 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Per worker: cooperative psycopg2 and the request gate under gevent, then the tuning."""
+    """Per worker: cooperative psycopg2, the request gate, held streams' stop, the tuning."""
     from infra import gevent_support
 
     if gevent_support.cooperative_psycopg():
+        from api.held_streams import end_on_sigterm
         from infra.wsgi_gate import bounded
 
         worker.wsgi = bounded(worker.wsgi, APP_CONCURRENCY)
+        # A graceful stop need not wait out the streams web holds (api/held_streams.py).
+        end_on_sigterm()
     tuning.install_web_worker(worker, TUNING)
 
 

@@ -13,6 +13,7 @@ from api import dispatch, observability, openapi
 from api import tracing as api_tracing
 from api.errors import register_error_handlers
 from api.hardening import init_hardening
+from api.held_streams import init_held_streams
 from api.limits import init_rate_limits
 from api.requests import MAX_BODY_BYTES
 from api.stream_auth import init_stream_tickets
@@ -71,9 +72,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(failed_jobs.bp)
     tasks.init_poll_reads(app)
     app.register_blueprint(ai.bp)
-    # Tickets, and the stream routes as replay-and-close (the events process holds them open).
+    # Tickets, and the stream routes: held open a while in a gevent worker, else
+    # replay-and-close (the events process holds them open for good).
     app.register_blueprint(events.bp)
     init_stream_tickets(app)
+    init_held_streams(app, settings)
     app.register_blueprint(webhooks.bp)
     # The two HTML pages: the jobs page at / and the API docs (their own CSPs).
     app.register_blueprint(pages.bp)

@@ -8,6 +8,7 @@ from flask import Flask, current_app
 
 from api.errors import ApiError
 from infra.broker.depth import BrokerUnavailable, QueueDepths
+from shared.jobs.inflight import seconds_until_a_slot
 
 log = logging.getLogger(__name__)
 
@@ -15,13 +16,21 @@ log = logging.getLogger(__name__)
 OVERLOADED_RETRY_AFTER_SECONDS = 10
 
 
-def too_many_inflight(limit: int) -> ApiError:
+def too_many_inflight(limit: int, owner_id: int) -> ApiError:
+    """The 429 of a user at the cap; Retry-After is when one of their jobs likely ends.
+
+    From their unfinished jobs: 1 s while one runs, else the soonest queued
+    one's start by its queue's drain estimate, within 1-60 s; 5 s when
+    nothing can be estimated (shared/jobs/inflight.py).
+    """
+    res = current_app.extensions["conveyor"]
+    wait = seconds_until_a_slot(res.sessions, res.statuses, owner_id, limit=limit)
     return ApiError(
         429,
         "too_many_inflight_jobs",
         f"you already have {limit} unfinished jobs; wait for some to finish",
         {"max_inflight_jobs": limit},
-        {"Retry-After": "5"},
+        {"Retry-After": str(wait)},
     )
 
 

@@ -87,7 +87,7 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
     if publish_span is not None:
         _end_publish_span(publish_span, kind, outcome)
     if isinstance(outcome, Exception):
-        raise _refusal(outcome, settings.max_inflight_jobs)
+        raise _refusal(outcome, settings.max_inflight_jobs, owner_id)
     if not outcome.replayed:
         JOBS_ACCEPTED.labels(kind).inc()
     return _accepted(app, flask_g, kind, outcome.status["task_id"], outcome.replayed)
@@ -104,10 +104,10 @@ def _end_publish_span(publish_span: Any, kind: str, outcome: Any) -> None:
     tracing.end_span(publish_span)
 
 
-def _refusal(outcome: Exception, max_inflight: int) -> Exception:
+def _refusal(outcome: Exception, max_inflight: int, owner_id: int) -> Exception:
     """The API error a refused submission answers with (BrokerError: the 503 handler's)."""
     if isinstance(outcome, jobs.TooManyInflightJobs):
-        return too_many_inflight(max_inflight)
+        return too_many_inflight(max_inflight, owner_id)
     if isinstance(outcome, jobs.IdempotencyKeyReused):
         return ApiError(
             422,

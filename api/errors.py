@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -54,6 +54,10 @@ def error_response(
     response = jsonify({"error": {"code": code, "message": message, "details": details}})
     response.status_code = status
     response.headers.update(headers or {})
+    if headers and "Retry-After" in headers:
+        # Kept for the rate limiter's hook (api/limits.py), which would
+        # otherwise replace it with its window's reset.
+        g.error_retry_after = headers["Retry-After"]
     return response
 
 

@@ -115,11 +115,14 @@ def _endpoint_poll_limited() -> bool:
 
 
 def _retry_after_only_as_hint(response: Response) -> Response:
-    """Keep Retry-After on a 2xx only where the view suggested a poll interval.
+    """Retry-After on a 2xx only where the view suggested a poll interval; an error keeps its own.
 
-    flask-limiter sets Retry-After (its window's reset) on every limited
-    response; on a success that reads as "wait this long", which only a poll
-    answer means. Registered before the limiter's hook, so it runs after it.
+    flask-limiter sets Retry-After (its window's reset, up to a minute) on
+    every limited response, or the later of that and one already there. On a
+    success that reads as "wait this long", which only a poll answer means; on
+    an error that set its own (a 429 `too_many_inflight_jobs`, a 503) the
+    error knows better. The limiter's own 429 keeps the limiter's value.
+    Registered before the limiter's hook, so it runs after it.
     """
     if 200 <= response.status_code < 300:
         hint = g.get("poll_interval")
@@ -127,6 +130,8 @@ def _retry_after_only_as_hint(response: Response) -> Response:
             response.headers.pop("Retry-After", None)
         else:
             response.headers["Retry-After"] = str(hint)
+    elif (own := g.get("error_retry_after")) is not None:
+        response.headers["Retry-After"] = own
     return response
 
 

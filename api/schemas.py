@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 
-from shared.jobs import KIND_QUEUES, STATES
+from shared.jobs import KIND_QUEUES, STATES, id_prefix_range
 
 
 class Strict(BaseModel):
@@ -50,6 +51,19 @@ class PageQuery(Strict):
 class TaskListQuery(PageQuery):
     state: Literal[STATES] | None = None  # type: ignore[valid-type]
     kind: Literal[tuple(KIND_QUEUES)] | None = None  # type: ignore[valid-type]
+    id_prefix: str | None = Field(
+        default=None,
+        description="only the tasks whose id starts with this (e.g. 5a62313e), any case",
+    )
+
+    @field_validator("id_prefix")
+    @classmethod
+    def _an_id_can_start_so(cls, value: str | None) -> str | None:
+        if value is not None and id_prefix_range(value) is None:
+            raise PydanticCustomError(
+                "id_prefix", "must be the start of a task id, such as 5a62313e or 5a62313e-84"
+            )
+        return value
 
 
 class MarkReadRequest(Strict):

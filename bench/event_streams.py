@@ -40,7 +40,8 @@ def events_argv(port: int, connections: int) -> list[str]:
     command = parse_procfile((ROOT / "Procfile").read_text()).processes["events"]
     command = command.replace("${EVENTS_PORT:-8001}", str(port))
     command = command.replace("${EVENTS_WORKER_CONNECTIONS:-10000}", str(connections))
-    argv = [token.replace("0.0.0.0:", "127.0.0.1:") for token in shlex.split(command)]
+    command = command.replace("${WEB_BIND_HOST:-0.0.0.0}", "127.0.0.1")
+    argv = shlex.split(command)
     assert argv[0] == "exec", argv
     return [str(Path(sys.executable).parent / argv[1]), *argv[2:]]
 

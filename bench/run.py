@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from bench import event_streams, machine, report, tuning_off, wrk
+from bench import event_streams, live_views, machine, report, tuning_off, wrk
 from bench import tracing as tracing_bench
 from bench.client import ApiClient, login
 from bench.report import Figure
@@ -29,7 +29,7 @@ from infra.settings import Settings
 IDEAL_AI = Figure("", "ideal", 100.0, "jobs/s")
 
 # Scenario groups `--only` can pick.
-GROUPS = ("web", "drain", "ai", "streams", "tuning", "tracing")
+GROUPS = ("web", "drain", "ai", "streams", "tuning", "live", "tracing")
 
 # Variables a developer's shell may carry that would point the stack elsewhere.
 _INHERITED = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PROMETHEUS_MULTIPROC_DIR", "PORT")
@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.figures += event_streams.measure(
                 stream_settings, env, procs, stream_token, stream_owner
             )
+        if "live" in only:
+            bench.figures += live_views.measure(Settings.from_env(env), env, procs, base)
         ratios = [
             (
                 "Conveyor submit / naive `.delay()` submit",
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             figures=bench.figures,
             ratios=ratios,
-            notes=LIMITS + event_streams.NOTES,
+            notes=LIMITS + event_streams.NOTES + live_views.NOTES,
             profile=_profile_section(bench.profiles),
         )
         print()

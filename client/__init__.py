@@ -7,6 +7,14 @@ with ConveyorClient("http://127.0.0.1:8000", token) as api:
 """
 
 from client.core import TERMINAL, ConveyorClient, Event
-from client.errors import ApiError, ConveyorError, WaitTimeout
+from client.errors import ApiError, ConveyorError, Unreachable, WaitTimeout
 
-__all__ = ["TERMINAL", "ApiError", "ConveyorClient", "ConveyorError", "Event", "WaitTimeout"]
+__all__ = [
+    "TERMINAL",
+    "ApiError",
+    "ConveyorClient",
+    "ConveyorError",
+    "Event",
+    "Unreachable",
+    "WaitTimeout",
+]

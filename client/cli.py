@@ -1,31 +1,34 @@
 """The `conveyor` command: log in, submit jobs, watch them with a progress bar, cancel them.
 
 Exit codes: 0 the job succeeded (or the command did its work), 1 the job
-failed, 2 bad usage, 3 the job was cancelled (REVOKED), 4 it did not finish in
-time, 5 the API refused the request or could not be reached.
+failed, 2 bad usage (an id prefix that names several jobs included), 3 the job
+was cancelled (REVOKED), 4 it did not finish in time, 5 the API refused the
+request or could not be reached, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from client import admin_failed, config
 from client.core import STATES, ConveyorClient
 from client.errors import ConveyorError, WaitTimeout
+from client.terminal import ProgressBar, err, out, print_error, stdout_at_least
 
-EXIT_FAILURE, EXIT_REVOKED, EXIT_TIMEOUT, EXIT_ERROR = 1, 3, 4, 5
+EXIT_FAILURE, EXIT_USAGE, EXIT_REVOKED, EXIT_TIMEOUT, EXIT_ERROR = 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
 STATE_EXIT = {"SUCCESS": 0, "FAILURE": EXIT_FAILURE, "REVOKED": EXIT_REVOKED}
-
-out = Console()
-err = Console(stderr=True)
+# How much of an id `conveyor jobs` shows (more when that is not unique on the page).
+SHORT_ID = 8
+# Columns `conveyor jobs --wide` needs for whole ids and every other column.
+WIDE_TABLE = 110
 
 
 def _client(ctx: click.Context) -> ConveyorClient:
@@ -45,21 +48,71 @@ def _needs_token(ctx: click.Context) -> None:
 
 
 def _run(call: Callable[[], Any]) -> Any:
-    """Run an API call; an API or connection error is printed and exits 5."""
+    """Run an API call; an API or connection error is printed (with its fields) and exits 5."""
     try:
         return call()
     except WaitTimeout:
         raise
     except ConveyorError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        print_error(exc)
         sys.exit(EXIT_ERROR)
 
 
-@click.group()
+def _task_id(ctx: click.Context, given: str) -> str:
+    """`given` as a whole task id: itself, or the one of your jobs whose id starts with it."""
+    try:
+        return str(uuid.UUID(given))
+    except ValueError:
+        pass
+    listing = _run(lambda: _client(ctx).jobs(id_prefix=given, limit=5))
+    items = listing["items"]
+    if not items:
+        err.print(
+            f"[red]error:[/] no job of yours has an id starting with {given!r}", soft_wrap=True
+        )
+        ctx.exit(EXIT_ERROR)
+    if listing["total"] > 1:
+        shown = ", ".join(item["task_id"] for item in items)
+        more = "" if listing["total"] <= len(items) else ", …"
+        err.print(
+            f"[red]error:[/] {listing['total']} of your jobs have ids starting with {given!r} "
+            f"({shown}{more}); give more of the id",
+            soft_wrap=True,
+        )
+        ctx.exit(EXIT_USAGE)
+    return items[0]["task_id"]
+
+
+class ConveyorCommands(click.Group):
+    """The command group; Ctrl-C anywhere ends it with 130, not click's 1 (which means FAILURE)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (KeyboardInterrupt, click.Abort):
+            err.print("interrupted")
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=ConveyorCommands)
 @click.option("--url", help="API base URL (default: CONVEYOR_URL, else the saved login).")
 @click.pass_context
 def main(ctx: click.Context, url: str | None) -> None:
-    """Conveyor from the command line. Exit codes: 0 SUCCESS, 1 FAILURE, 3 REVOKED, 4 timeout."""
+    """Conveyor from the command line: log in, submit jobs, follow them, cancel them.
+
+    Job ids: watch and cancel take a whole id or any start of one that only
+    one of your jobs has (as `conveyor jobs` shows them).
+
+    \b
+    Exit codes:
+      0    the job succeeded (or the command did its work)
+      1    the job failed (FAILURE)
+      2    bad usage, or an id start that several of your jobs share
+      3    the job was cancelled (REVOKED)
+      4    the job did not finish within --timeout
+      5    the API refused the request, or could not be reached
+      130  interrupted (Ctrl-C)
+    """
     profile = config.load()
     if url:
         profile = config.Profile(url, profile.token, profile.events_url)
@@ -79,7 +132,19 @@ def login(ctx: click.Context, username: str, password: str, register: bool) -> N
     answer = _run(lambda: api.login(username, password))
     profile = ctx.obj["profile"]
     path = config.save(config.Profile(profile.url, answer["access_token"], profile.events_url))
-    err.print(f"logged in as {username}; token saved to {path} (valid {answer['expires_in']} s)")
+    err.print(
+        f"logged in as {username}; token saved to {path} (valid {answer['expires_in']} s)",
+        markup=False,
+        soft_wrap=True,
+    )
+    if answer.get("task_id"):
+        short = answer["task_id"][:SHORT_ID]
+        err.print(
+            f"your login queued job {short}: 1-10 random transactions (demo data); "
+            f"follow it with `conveyor watch {short}`",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _follow_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -178,41 +243,31 @@ def _submit(
 @click.option("--poll", is_flag=True, help="Poll instead of using the event stream.")
 @click.pass_context
 def watch(ctx: click.Context, task_id: str, timeout: float, as_json: bool, poll: bool) -> None:
-    """Follow a job with a progress bar until it ends."""
+    """Follow a job (its id, or the start of one) with a progress bar until it ends."""
     _needs_token(ctx)
-    _follow(ctx, task_id, timeout=timeout, as_json=as_json, stream=not poll)
+    _follow(ctx, _task_id(ctx, task_id), timeout=timeout, as_json=as_json, stream=not poll)
 
 
 def _follow(
     ctx: click.Context, task_id: str, *, timeout: float, as_json: bool, stream: bool
 ) -> None:
     api = _client(ctx)
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    )
-    bar = progress.add_task(f"{task_id[:8]} PENDING", total=100)
-
-    def update(status: dict[str, Any]) -> None:
-        progress.update(
-            bar,
-            completed=status.get("progress") or 0,
-            description=f"{task_id[:8]} {status.get('state')}",
-        )
-
+    bar = ProgressBar(task_id)
     try:
-        with progress:
-            final = _run(lambda: api.wait(task_id, timeout, on_update=update, stream=stream))
-            update(final)
+        final = api.wait(task_id, timeout, on_update=bar.update, stream=stream)
+        bar.update(final)
     except WaitTimeout as exc:
+        bar.stop()
         err.print(f"[yellow]timeout:[/] {exc}")
         if as_json and exc.last is not None:
             click.echo(json.dumps(exc.last))
         ctx.exit(EXIT_TIMEOUT)
+    except ConveyorError as exc:
+        bar.stop()
+        print_error(exc)
+        ctx.exit(EXIT_ERROR)
+    finally:
+        bar.stop()
     _print_outcome(final, as_json)
     ctx.exit(STATE_EXIT.get(final["state"], EXIT_ERROR))
 
@@ -224,9 +279,9 @@ def _print_outcome(status: dict[str, Any], as_json: bool) -> None:
     colour = {"SUCCESS": "green", "FAILURE": "red"}.get(status["state"], "yellow")
     out.print(f"[{colour}]{status['state']}[/] {status['kind']} {status['task_id']}")
     if status.get("error"):
-        out.print(f"{status['error']['code']}: {status['error']['message']}")
+        out.print(f"{status['error']['code']}: {status['error']['message']}", markup=False)
     if status.get("result") is not None:
-        out.print_json(json.dumps(status["result"]))
+        out.print_json(json.dumps(status["result"]), sort_keys=True)
 
 
 @main.command()
@@ -234,25 +289,68 @@ def _print_outcome(status: dict[str, Any], as_json: bool) -> None:
 @click.option("--kind")
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
 @click.option("--page", type=click.IntRange(1), default=1)
+@click.option("--wide", is_flag=True, help="Whole task ids in the table.")
+@click.option("--plain", is_flag=True, help="Tab-separated lines, whole ids, no table.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def jobs(
-    ctx: click.Context, state: str | None, kind: str | None, limit: int, page: int, as_json: bool
+    ctx: click.Context,
+    state: str | None,
+    kind: str | None,
+    limit: int,
+    page: int,
+    wide: bool,
+    plain: bool,
+    as_json: bool,
 ) -> None:
-    """Your jobs, newest first."""
+    """Your jobs, newest first (ids shortened to a unique start unless --wide or --plain)."""
     _needs_token(ctx)
     api = _client(ctx)
     listing = _run(lambda: api.jobs(state=state, kind=kind, page=page, limit=limit))
+    items = listing["items"]
     if as_json:
         click.echo(json.dumps(listing))
         return
-    table = Table("task id", "kind", "state", "progress", "created")
-    for item in listing["items"]:
+    if plain:
+        for item in items:
+            fields = (item["task_id"], item["kind"], item["state"], item["progress"])
+            click.echo("\t".join(str(field) for field in (*fields, item["created_at"])))
+        return
+    width = 36 if wide else _unique_width([item["task_id"] for item in items])
+    table = Table("id", "kind", "state", "progress", "created")
+    for item in items:
+        created = (item["created_at"] or "").replace("T", " ")[:19]
         table.add_row(
-            item["task_id"], item["kind"], item["state"], f"{item['progress']}%", item["created_at"]
+            item["task_id"][:width], item["kind"], item["state"], f"{item['progress']}%", created
         )
-    out.print(table)
-    out.print(f"page {listing['page']}, {listing['total']} in all")
+    # --wide: the table as wide as it needs, past a narrow terminal (which wraps
+    # the lines), so no column is shortened: every id stays whole.
+    (stdout_at_least(WIDE_TABLE) if wide else out).print(table)
+    note = "" if wide else "; ids shortened: watch and cancel take them, --wide prints them whole"
+    out.print(
+        f"page {listing['page']}, {listing['total']} in all{note}", markup=False, soft_wrap=True
+    )
+
+
+def _unique_width(task_ids: list[str]) -> int:
+    """The fewest leading characters (at least SHORT_ID) that tell these ids apart."""
+    width = SHORT_ID
+    while width < 36 and len({task_id[:width] for task_id in task_ids}) < len(task_ids):
+        width += 1
+    return width
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def wallet(ctx: click.Context, as_json: bool) -> None:
+    """Your balance, in minor units (cents) of your wallet's currency."""
+    _needs_token(ctx)
+    answer = _run(lambda: _client(ctx).wallet())
+    if as_json:
+        click.echo(json.dumps(answer))
+    else:
+        out.print(f"balance {answer['balance']} ({answer['currency']} minor units)", markup=False)
 
 
 @main.command()
@@ -260,9 +358,10 @@ def jobs(
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def cancel(ctx: click.Context, task_id: str, as_json: bool) -> None:
-    """Cancel a job that has not finished."""
+    """Cancel a job that has not finished (its id, or the start of one)."""
     _needs_token(ctx)
-    status = _run(lambda: _client(ctx).cancel(task_id))
+    whole = _task_id(ctx, task_id)
+    status = _run(lambda: _client(ctx).cancel(whole))
     if as_json:
         click.echo(json.dumps(status))
     else:

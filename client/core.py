@@ -12,7 +12,7 @@ from typing import Any, Literal
 import httpx
 
 from client import sse
-from client.errors import ApiError, ConveyorError, StreamUnavailable, WaitTimeout
+from client.errors import ApiError, ConveyorError, StreamUnavailable, Unreachable, WaitTimeout
 
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 STATES = frozenset({"PENDING", "STARTED", "PROGRESS", "RETRY"}) | TERMINAL
@@ -28,6 +28,13 @@ RETRYABLE = frozenset({429, 503})
 DEFAULT_POLL_SECONDS = 1.0
 # A Retry-After beyond this is not waited for by a retrying call; the error surfaces.
 MAX_RETRY_AFTER_SECONDS = 60.0
+# A connection not made within this is not coming: loopback and LAN answer in
+# milliseconds, and it allows one lost SYN (resent after 1 s) over the internet.
+CONNECT_TIMEOUT_SECONDS = 2.0
+# Pauses between connection attempts that found nothing listening (a restart's
+# moment): about 2 s in all, then Unreachable. No request was sent, so any
+# method may be tried again.
+CONNECT_RETRY_DELAYS = (0.2, 0.4, 0.8)
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,10 @@ class ConveyorClient:
         # redirect, so a plain-http client can never end up on TLS.
         tls = any(url.startswith("https:") for url in (self.base_url, self.events_url))
         self._http = httpx.Client(
-            timeout=timeout, transport=transport, follow_redirects=False, verify=tls
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
+            transport=transport,
+            follow_redirects=False,
+            verify=tls,
         )
 
     def __enter__(self) -> ConveyorClient:
@@ -118,10 +128,21 @@ class ConveyorClient:
         return self._status(task_id)[0]
 
     def jobs(
-        self, *, state: str | None = None, kind: str | None = None, page: int = 1, limit: int = 20
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        id_prefix: str | None = None,
+        page: int = 1,
+        limit: int = 20,
     ) -> dict[str, Any]:
-        """The caller's jobs, newest first (`items`, `page`, `limit`, `total`)."""
-        params = {"page": page, "limit": limit, "state": state, "kind": kind}
+        """The caller's jobs, newest first (`items`, `page`, `limit`, `total`).
+
+        `id_prefix` keeps those whose id starts with it (`5a62313e`).
+        """
+        params = {
+            "page": page, "limit": limit, "state": state, "kind": kind, "id_prefix": id_prefix
+        }  # fmt: skip
         return self._call(
             "GET", "/api/v1/tasks", params={k: v for k, v in params.items() if v is not None}
         )
@@ -131,6 +152,7 @@ class ConveyorClient:
         return self._call("DELETE", f"/api/v1/tasks/{task_id}")
 
     def wallet(self) -> dict[str, Any]:
+        """The caller's balance (`balance` in minor units, `currency`, `from_cache`)."""
         return self._call("GET", "/api/v1/wallet")
 
     def failed_jobs(self, *, page: int = 1, limit: int = 50, **filters: Any) -> dict[str, Any]:
@@ -156,6 +178,10 @@ class ConveyorClient:
         else:
             body["filter"] = {k: v for k, v in (filters or {}).items() if v is not None}
         return self._call("POST", "/api/v1/system/failed-jobs/replay", body)
+
+    def transactions(self, *, page: int = 1, limit: int = 50) -> dict[str, Any]:
+        """The caller's ledger entries, newest first (`items`, `page`, `limit`, `total`)."""
+        return self._call("GET", "/api/v1/transactions", params={"page": page, "limit": limit})
 
     # --- following a job ----------------------------------------------------------
 
@@ -255,7 +281,7 @@ class ConveyorClient:
         if state.last_id:
             headers["Last-Event-ID"] = state.last_id
         url = f"{self.events_url}/api/v1/tasks/{task_id}/events"
-        timeout = httpx.Timeout(10.0, read=read_timeout)
+        timeout = httpx.Timeout(10.0, connect=CONNECT_TIMEOUT_SECONDS, read=read_timeout)
         try:
             with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
                 if response.status_code == 204:
@@ -317,10 +343,15 @@ class ConveyorClient:
         headers: dict[str, str] | None = None,
         retry_errors: bool | None = None,
     ) -> httpx.Response:
-        """One API call, retried after 429/503 (Retry-After) and, when safe, a lost connection."""
+        """One API call, retried after 429/503 (Retry-After) and, when safe, a lost connection.
+
+        A connection that cannot be made is tried again for about 2 s
+        (CONNECT_RETRY_DELAYS), then raises Unreachable naming the URL.
+        """
         # GETs and DELETEs are safe to repeat; POSTs only with an Idempotency-Key.
         safe = retry_errors if retry_errors is not None else method in ("GET", "DELETE")
         attempt = 0
+        connect_delays = iter(CONNECT_RETRY_DELAYS)
         while True:
             attempt += 1
             try:
@@ -331,6 +362,12 @@ class ConveyorClient:
                     params=params,
                     headers={**self._auth(), **(headers or {})},
                 )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                delay = next(connect_delays, None)
+                if delay is None:
+                    raise Unreachable(self.base_url, _connect_failure(exc)) from exc
+                self._sleep(delay)
+                continue
             except httpx.TransportError as exc:
                 if not safe or attempt > self.max_retries:
                     raise ConveyorError(f"{method} {path}: {exc}") from exc
@@ -344,6 +381,14 @@ class ConveyorClient:
             if response.status_code >= 400:
                 raise _api_error(response)
             return response
+
+
+def _connect_failure(exc: httpx.TransportError) -> str:
+    """Why a connection could not be made, in a few words."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no answer within {CONNECT_TIMEOUT_SECONDS:g} s"
+    text = str(exc)
+    return "connection refused" if "refused" in text.lower() else text or type(exc).__name__
 
 
 def _retry_after(response: httpx.Response) -> float | None:

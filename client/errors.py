@@ -19,6 +19,29 @@ class ApiError(ConveyorError):
         self.message = message
         self.details = details
 
+    def detail_lines(self) -> list[str]:
+        """`field: message` for each field a 422 names; `name: value` for other details."""
+        details = self.details
+        if isinstance(details, list):
+            return [
+                f"{item.get('field', '?')}: {item.get('message', '')}"
+                if isinstance(item, dict)
+                else str(item)
+                for item in details
+            ]
+        if isinstance(details, dict):
+            return [f"{name}: {value}" for name, value in details.items()]
+        return [] if details is None else [str(details)]
+
+
+class Unreachable(ConveyorError):
+    """Nothing answered at the API's URL: the connection was refused or timed out."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach Conveyor at {url} ({reason})")
+        self.url = url
+        self.reason = reason
+
 
 class WaitTimeout(ConveyorError):
     """The job did not finish within the time `wait` was given; `last` is its latest status."""

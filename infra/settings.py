@@ -227,6 +227,11 @@ class Settings:
     # event was lost (written while Redis was down) still ends its stream.
     events_row_check_seconds: float = _env("EVENTS_ROW_CHECK_SECONDS", default=60.0)
     flower_basic_auth: str = _env("FLOWER_BASIC_AUTH", default="")
+    # Event streams `web` answers itself (api/held_streams.py): held open this long
+    # on a blocking read of the job's own log, at most this many per gevent worker
+    # at once; past that many, or with 0, they replay and close.
+    web_stream_hold_seconds: float = _env("WEB_STREAM_HOLD_SECONDS", default=20.0)
+    web_streams_held_max: int = _env("WEB_STREAMS_HELD_MAX", default=100)
     # Port of the worker's own Prometheus exporter (task metrics); 0 turns it off.
     worker_metrics_port: int = _env("WORKER_METRICS_PORT", default=0)
 
@@ -321,6 +326,8 @@ class Settings:
                 "EVENTS_TICKET_TTL_SECONDS, EVENTS_KEEPALIVE_SECONDS and "
                 "EVENTS_ROW_CHECK_SECONDS must be positive"
             )
+        if self.web_stream_hold_seconds < 0 or self.web_streams_held_max < 0:
+            raise ConfigError("WEB_STREAM_HOLD_SECONDS and WEB_STREAMS_HELD_MAX must be 0 or more")
 
     def _validate_sentinel(self) -> None:
         """Both Sentinel variables or neither; every Redis behind them is the one master."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -19,10 +20,11 @@ from infra.broker.config import delayable_countdown
 from shared import jobs
 from shared.jobs import ClaimedJob, JobError, poison
 from shared.jobs import status as job_status
-from shared.jobs.claims import finish_job
+from shared.jobs.claims import cancelled_among, finish_job
 from shared.jobs.lifecycle import announce_outcome
 from shared.jobs.status_scripts import StatusPipeline
 from shared.resources import Resources
+from workers.revocation import revoked
 from workers.runtime import resources
 from workers.tasks.webhooks import outbox as webhook_outbox
 
@@ -209,6 +211,16 @@ class JobRun:
         self.status = status
 
 
+def end_revoked_if_cancelled(task: Task, res: Resources, job_id: uuid.UUID) -> None:
+    """Raise Celery's REVOKED ending (workers/revocation.py) when the owner cancelled the job.
+
+    For a job this attempt did not claim or could not finish: cancelled, or
+    finished by another delivery (then the task simply returns).
+    """
+    if job_id in one_statement(res, lambda conn: cancelled_among(conn, [job_id])):
+        raise revoked(task, str(job_id))
+
+
 def one_statement(res: Resources, statement: Callable[[Connection], T]) -> T:
     """Run one job-row statement, atomic by itself, on an autocommit connection.
 
@@ -262,7 +274,8 @@ def run_job(
         return
     job = one_statement(res, lambda conn: jobs.claim(conn, parsed))
     if job is None:
-        log.info("job %s already finished or cancelled; skipping", job_id)
+        end_revoked_if_cancelled(task, res, parsed)
+        log.info("job %s already finished; skipping", job_id)
         return
     run = JobRun(task, res, job)
     if poison.is_poison(job.lost_runs, res.settings.poison_max_lost_runs):
@@ -281,6 +294,7 @@ def run_job(
         raise
     except JobSuperseded:
         log.info("job %s was cancelled or finished elsewhere; its effect was rolled back", job_id)
+        end_revoked_if_cancelled(task, res, parsed)
         return
     except JobError as exc:
         run.fail(exc)

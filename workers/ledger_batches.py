@@ -19,6 +19,7 @@ from celery import Task, current_app
 
 from infra import tracing
 from shared import jobs
+from shared.jobs.claims import cancelled_among
 from shared.jobs.lifecycle import queue_outcome, queue_webhooks
 from shared.ledger import job_posting
 from shared.ledger.wallet_cache import user_scope
@@ -86,10 +87,14 @@ def _run_batch(task: Task, items: list[Item], contexts: list[dict] | None = None
             "ledger batch of %d not posted; each job runs on its own", len(items), exc_info=True
         )
         return list(range(len(items)))
+    # Cancelled ones go back too: Celery's path ends their tasks REVOKED
+    # (workers/revocation.py) where the batch would count them succeeded.
+    cancelled = _cancelled(task, [job_id for job_id in valid if outcomes[job_id].skipped])
     handed_back = [
         i
         for i, job_id in enumerate(parsed)
-        if job_id is None or outcomes[job_id].refused  # Celery's path logs or fails these
+        # Celery's path logs, fails or revokes these.
+        if job_id is None or outcomes[job_id].refused or job_id in cancelled
     ]
     _record(task, items, handed_back, time.perf_counter() - started)
     return handed_back
@@ -126,6 +131,18 @@ def _post(
     except redis.RedisError:
         log.warning("outcomes of %d ledger jobs not published: Redis unavailable", len(posted))
     return outcomes
+
+
+def _cancelled(task: Task, skipped: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which skipped jobs were cancelled; none when that cannot be read (they count as done)."""
+    if not skipped:
+        return set()
+    try:
+        with resources(task.app).autocommit_engine.connect() as conn:
+            return cancelled_among(conn, skipped)
+    except Exception:
+        log.warning("cancelled jobs of a ledger batch not told apart", exc_info=True)
+        return set()
 
 
 def _record(task: Task, items: list[Item], handed_back: list[int], seconds: float) -> None:

@@ -27,6 +27,7 @@ from celery.signals import (
     task_postrun,
     task_prerun,
     task_retry,
+    task_revoked,
     task_success,
     worker_init,
     worker_process_shutdown,
@@ -39,6 +40,8 @@ log = logging.getLogger("conveyor.tasks")
 
 # perf_counter at task start, by task id (one entry per task running in this process).
 _started: dict[str, float] = {}
+# Tasks of this process that ended REVOKED while running (workers/revocation.py).
+_revoked: set[str] = set()
 _metrics_dir: str | None = None
 
 
@@ -53,6 +56,9 @@ def task_metrics() -> dict[str, Any]:
         "succeeded": Counter("conveyor_task_succeeded", "Tasks that returned.", ["task"]),
         "failed": Counter("conveyor_task_failed", "Tasks that raised.", ["task"]),
         "retried": Counter("conveyor_task_retried", "Task retries scheduled.", ["task"]),
+        "revoked": Counter(
+            "conveyor_task_revoked", "Tasks that found their job cancelled.", ["task"]
+        ),
         "runtime": Histogram(
             "conveyor_task_runtime_seconds", "Task run time.", ["task"], buckets=buckets
         ),
@@ -150,6 +156,9 @@ def _task_finished(
     task_id: str = "", task: Task | None = None, state: str | None = None, **_kwargs: Any
 ) -> None:
     started = _started.pop(task_id, None)
+    if task_id in _revoked:
+        _revoked.discard(task_id)
+        state = "REVOKED"  # Celery's tracer says IGNORED: the task raised Ignore after it
     if task is not None and started is not None:
         runtime = time.perf_counter() - started
         task_metrics()["runtime"].labels(task.name).observe(runtime)
@@ -165,6 +174,15 @@ def _task_succeeded(sender: Task | None = None, **_kwargs: Any) -> None:
 def _task_failed(sender: Task | None = None, **_kwargs: Any) -> None:
     if sender is not None:
         task_metrics()["failed"].labels(sender.name).inc()
+
+
+def _task_revoked(sender: Task | None = None, request: Any = None, **_kwargs: Any) -> None:
+    if sender is None:
+        return
+    task_metrics()["revoked"].labels(sender.name).inc()
+    task_id = getattr(request, "id", None)
+    if task_id in _started:  # running in this process: its "task finished" line says REVOKED
+        _revoked.add(task_id)
 
 
 def _task_retried(sender: Task | None = None, **_kwargs: Any) -> None:
@@ -247,6 +265,7 @@ _HANDLERS = (
     (task_success, _task_succeeded),
     (task_failure, _task_failed),
     (task_retry, _task_retried),
+    (task_revoked, _task_revoked),
     (worker_init, _worker_init),
     (worker_process_shutdown, _child_exit),
     (worker_shutdown, _worker_exit),

@@ -1,4 +1,4 @@
-// The jobs page: sign in, submit demo jobs, follow them live, cancel them.
+// The jobs page: sign in, submit demo jobs, follow them live, see their results, cancel them.
 // Live updates come from the caller's event stream (EventSource with a stream
 // ticket: EventSource cannot send an Authorization header, and a bearer token
 // never goes into a URL); when streams are unavailable the page polls.
@@ -12,6 +12,7 @@ let source = null;
 let lastEventId = null;
 let streamFailures = 0;
 let pollTimer = null;
+let renewTimer = null;
 
 async function api(path, { method = "GET", body, headers = {} } = {}) {
   const sent = { ...headers };
@@ -92,7 +93,9 @@ async function submit(path, body) {
       body,
       headers: { "Idempotency-Key": crypto.randomUUID() },
     });
-    render({ ...data, progress: 0, message: "queued" });
+    // The job's own events may already have arrived (streams are live): the 202 only
+    // adds a row for a job not seen yet, never moves one back to PENDING.
+    if (!jobs.has(data.task_id)) render({ ...data, progress: 0, message: "queued" });
     if (!source) schedulePoll(0);
   } catch (error) {
     showError(error);
@@ -112,8 +115,9 @@ async function cancel(taskId) {
 function render(status) {
   if (!status || !status.task_id) return;
   const known = jobs.get(status.task_id);
-  // A late event never moves a finished job back.
+  // A late event never moves a finished job back, nor an older document a newer one.
   if (known && TERMINAL.has(known.state) && !TERMINAL.has(status.state)) return;
+  if (known?.updated_at && Date.parse(status.updated_at) < Date.parse(known.updated_at)) return;
   const merged = { ...known, ...status };
   jobs.set(status.task_id, merged);
   let row = document.querySelector(`tr[data-task-id="${CSS.escape(status.task_id)}"]`);
@@ -139,6 +143,83 @@ function render(status) {
     ? `${merged.error.code}: ${merged.error.message}`
     : merged.message || "";
   row.querySelector(".cancel").hidden = TERMINAL.has(merged.state);
+  if (merged.state === "SUCCESS" && merged.result) showResult(row, merged);
+}
+
+// --- results: the balance, the text, the cards, the image ------------------------
+
+function showResult(row, status) {
+  const next = row.nextElementSibling;
+  if (next && next.dataset.resultFor === status.task_id) return; // a result never changes
+  const result = document.createElement("tr");
+  result.className = "result";
+  result.dataset.resultFor = status.task_id;
+  const cell = document.createElement("td");
+  cell.colSpan = 6;
+  cell.append(resultView(status.kind, status.result));
+  result.append(cell);
+  row.after(result);
+}
+
+function element(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+function resultView(kind, result) {
+  const box = element("div", undefined, "result-body");
+  switch (kind) {
+    case "ledger.transaction":
+      box.append(element("p", `Balance ${result.balance} (minor units) after transaction ` +
+        `#${result.transaction_id}`, "balance"));
+      break;
+    case "ledger.random":
+      box.append(element("p", `${result.count} transactions posted; balance ` +
+        `${result.balance} (minor units)`, "balance"));
+      break;
+    case "ai.text":
+      box.append(element("p", result.text, "ai-text"));
+      break;
+    case "ai.presentation": {
+      box.append(element("h3", result.title));
+      const cards = element("ol", undefined, "cards");
+      for (const card of result.cards || []) {
+        const item = element("li");
+        const bullets = element("ul");
+        for (const bullet of card.bullets || []) bullets.append(element("li", bullet));
+        item.append(element("strong", card.title), bullets);
+        cards.append(item);
+      }
+      box.append(cards);
+      break;
+    }
+    case "ai.image": {
+      const url = typeof result.url === "string" ? result.url : "";
+      if (url.startsWith("data:image/")) {
+        const image = element("img", undefined, "ai-image");
+        image.src = url;
+        image.alt = "the generated image";
+        box.append(image);
+      } else if (/^https?:\/\//.test(url)) {
+        // The page's policy loads images from itself only: a link opens one elsewhere.
+        const link = element("a", "Open the generated image");
+        link.href = url;
+        link.rel = "noopener noreferrer";
+        link.target = "_blank";
+        box.append(link);
+      }
+      break;
+    }
+    default:
+      box.append(element("pre", JSON.stringify(result, null, 2)));
+  }
+  if (kind.startsWith("ai.") && result.provider) {
+    const cached = result.from_cache ? " · from cache" : "";
+    box.append(element("p", `${result.provider} · ${result.model}${cached}`, "meta"));
+  }
+  return box;
 }
 
 // --- live updates: the event stream, else polling --------------------------------
@@ -150,12 +231,17 @@ function setMode(text) {
 async function startLive() {
   stopLive();
   let ticket;
+  let expiresIn;
   try {
-    ({ data: { ticket } } = await api("/api/v1/events/ticket", { method: "POST" }));
+    const { data } = await api("/api/v1/events/ticket", { method: "POST" });
+    ({ ticket, expires_in: expiresIn } = data);
   } catch (error) {
     if (error.status === 401) return signOut();
     return startPolling(); // no event streams on this server
   }
+  // A stream reconnects by itself (after each of web's held streams ends) with
+  // the same ticket: a fresh one before it expires, so no reconnect is refused.
+  renewTimer = setTimeout(startLive, Math.max(5, expiresIn - 10) * 1000);
   const query = new URLSearchParams({ ticket });
   if (lastEventId) query.set("last_event_id", lastEventId);
   source = new EventSource(`/api/v1/events?${query}`);
@@ -180,7 +266,7 @@ async function startLive() {
       source = null;
       streamFailures += 1;
       if (streamFailures >= 3) startPolling();
-      else setTimeout(startLive, 1000 * streamFailures);
+      else setTimeout(startLive, 1000 * (streamFailures - 1)); // at once after a working stream
     }
   };
 }
@@ -190,6 +276,8 @@ function stopLive() {
   source = null;
   clearTimeout(pollTimer);
   pollTimer = null;
+  clearTimeout(renewTimer);
+  renewTimer = null;
 }
 
 function startPolling() {

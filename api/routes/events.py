@@ -1,8 +1,9 @@
 """Following jobs: stream tickets, and Server-Sent Events for one job or all of the caller's.
 
 The stream itself (replay, live, the end) is shared/jobs/streams.py; on the
-`events` process it stays open on the process's one reader (`EventHub`), on
-`web` it replays and closes and the client reconnects with its Last-Event-ID.
+`events` process it stays open on the process's one reader (`EventHub`); on
+`web` it is held open for a while on the job's own log (api/held_streams.py),
+or replays and closes, and the client reconnects with its Last-Event-ID.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field
 from api import tracing as api_tracing
 from api.errors import ApiError, not_found
 from api.extensions import resources
+from api.held_streams import HeldStreams, held_streams
 from api.limits import poll_limited
 from api.openapi import PlainText, documented
 from api.requests import parse_query
@@ -25,7 +27,7 @@ from api.stream_auth import require_stream_auth, tickets
 from shared import jobs
 from shared.jobs import status as job_status
 from shared.jobs.events import EventLog, StreamKeys, is_event_id
-from shared.jobs.streams import JobStream, job_stream_ending
+from shared.jobs.streams import HELD_RECONNECT_MS, RECONNECT_MS, JobStream, job_stream_ending
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
 log = logging.getLogger(__name__)
@@ -150,15 +152,25 @@ def _stream(job_id: str | None, owner_id: int, after: str | None) -> JobStream:
             status = jobs.get_status(session, jobs.parse_job_id(job_id), owner_id)
         return status if status is not None and status["state"] in jobs.TERMINAL else None
 
+    hub = current_app.extensions.get("conveyor.event_hub")
+    # Without a hub (web): held open on the log itself while a slot is free.
+    held = held_streams() if hub is None else None
+    if held is None or not held.acquire():
+        held = None
     return JobStream(
         log=EventLog(res.redis, StreamKeys(res.keys.prefix)),
-        hub=current_app.extensions.get("conveyor.event_hub"),
+        hub=hub,
         job_id=job_id,
         owner_id=owner_id,
         after=after,
         keepalive_seconds=res.settings.events_keepalive_seconds,
         check_row=check_row,
         row_check_seconds=res.settings.events_row_check_seconds,
+        reconnect_ms=RECONNECT_MS if held is None else HELD_RECONNECT_MS,
+        follow=None if held is None else held.log,
+        hold_seconds=0.0 if held is None else held.hold_seconds,
+        keep_holding=HeldStreams.keep_holding,
+        on_close=None if held is None else held.release,
     )
 
 

@@ -9,7 +9,12 @@ from api.limits import unlimited
 from api.openapi import PlainText, documented
 from api.static_files import PAGES, serve_asset
 
-ASSETS = {"app.js": PAGES / "app.js", "app.css": PAGES / "app.css"}
+ASSETS = {
+    "app.js": PAGES / "app.js",
+    "app.css": PAGES / "app.css",
+    # Named by the page itself, so the browser never asks for a missing /favicon.ico.
+    "favicon.svg": PAGES / "favicon.svg",
+}
 ASSET_MAX_AGE = 300
 
 bp = Blueprint("pages", __name__)

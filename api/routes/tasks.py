@@ -94,6 +94,7 @@ def list_tasks() -> Response:
             current_identity().user_id,
             state=query.state,
             kind=query.kind,
+            id_prefix=query.id_prefix,
             page=query.page,
             limit=query.limit,
         )

@@ -250,3 +250,17 @@ def mark_state(session: Session | Connection, job_id: uuid.UUID, state: str, mes
         _MARK_STATE,
         {"job_id": job_id, "new_state": state, "new_message": message[:255], "now": utcnow()},
     )
+
+
+def cancelled_among(conn: Connection | Session, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of `job_ids` their owner cancelled (REVOKED), for a task that found them not claimable.
+
+    Not claimable means finished or cancelled; only a cancel should end the
+    task as REVOKED, a repeat delivery of a finished job stays a success.
+    """
+    if not job_ids:
+        return set()
+    rows = conn.execute(
+        select(_JOBS.c.id).where(_JOBS.c.id.in_(job_ids), _JOBS.c.state == "REVOKED")
+    )
+    return {row.id for row in rows}

@@ -103,6 +103,22 @@ class EventLog:
         return [_event(entry_id, fields) for entry_id, fields in
                 self._redis.xrange(key, min=start, max="+", count=count)]  # fmt: skip
 
+    def wait_job_events(self, job_id: str, after: str | None, block_ms: int) -> list[Event]:
+        """The job's events after `after`, waiting up to `block_ms` for one (XREAD BLOCK)."""
+        return self._wait(self.keys.job(job_id), after, block_ms)
+
+    def wait_user_events(self, user_id: int, after: str | None, block_ms: int) -> list[Event]:
+        """The user's events after `after`, waiting up to `block_ms` for one (XREAD BLOCK)."""
+        return self._wait(self.keys.user(user_id), after, block_ms)
+
+    def _wait(self, key: str, after: str | None, block_ms: int, count: int = 1000) -> list[Event]:
+        # From a concrete id, never `$`: an event written between the caller's
+        # last read and this call is returned at once, not missed. BLOCK 0
+        # would wait for ever.
+        reply = self._redis.xread({key: after or "0-0"}, count=count, block=max(1, block_ms))
+        return [_event(entry_id, fields) for _key, entries in reply or ()
+                for entry_id, fields in entries]  # fmt: skip
+
 
 # Put on every subscription after the reader lost Redis: the events written
 # meanwhile did not reach the reader, so each stream re-reads its own log.
@@ -134,7 +150,11 @@ class EventHub:
     The reader is a thread (a greenlet under gevent's monkey-patching) started
     on the first subscription. It reads from a concrete last id, never `$`, so
     after a Redis restart it resumes where it stopped; every subscriber is then
-    told to re-read its own log (RESYNC), which covers anything missed.
+    told to re-read its own log (RESYNC), which covers anything missed. Its
+    first id is taken before the first subscription returns: a subscriber
+    replays its log after subscribing, so every event is in that replay or
+    after the reader's first id (taken later, the reader could skip an event
+    written between the two).
     """
 
     def __init__(self, client: redis.Redis, keys: StreamKeys, *, block_ms: int = 2000) -> None:
@@ -145,6 +165,8 @@ class EventHub:
         self._by_owner: dict[str, set[Subscription]] = {}
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        self._start: str | None = None
+        self._closed = False
 
     def subscribe(self, *, job_id: str | None = None, owner_id: int | None = None) -> Subscription:
         """Register an inbox for one job's events or for all of one owner's."""
@@ -155,9 +177,23 @@ class EventHub:
             if sub.owner_id is not None:
                 self._by_owner.setdefault(sub.owner_id, set()).add(sub)
             if self._reader is None:
+                # Under the lock: a second subscriber waits until the start is known.
+                self._start = self._newest()
                 self._reader = threading.Thread(target=self._run, name="event-hub", daemon=True)
                 self._reader.start()
         return sub
+
+    def _newest(self) -> str | None:
+        """The firehose's newest id ("0-0" when empty); None when Redis does not answer."""
+        try:
+            newest = self._redis.xrevrange(self._keys.firehose, count=1)
+        except redis.RedisError:
+            return None  # the reader finds it, then every stream re-reads its log
+        return newest[0][0] if newest else "0-0"
+
+    def close(self) -> None:
+        """Stop the reader after its current read (for tests and shutdown)."""
+        self._closed = True
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
@@ -169,10 +205,10 @@ class EventHub:
                         del index[key]
 
     def _run(self) -> None:
-        last: str | None = None
-        lost = False
+        last = self._start
+        lost = last is None  # started without Redis: resync once it answers
         backoff = 0.1
-        while True:
+        while not self._closed:
             try:
                 if last is None:
                     newest = self._redis.xrevrange(self._keys.firehose, count=1)

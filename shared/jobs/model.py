@@ -98,6 +98,27 @@ def parse_job_id(value: str) -> uuid.UUID | None:
         return None
 
 
+# The canonical form of a task id: where its dashes are (8-4-4-4-12 hex digits).
+_ID_TEMPLATE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+_HEX = frozenset("0123456789abcdef")
+
+
+def id_prefix_range(prefix: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The lowest and highest task ids that start with `prefix`; None when no id can.
+
+    `prefix` is the start of an id as printed (`5a62313e`, `5a62313e-84`), in
+    either case; the range lets the database use its index on the id.
+    """
+    text = prefix.lower()
+    if not text or len(text) > len(_ID_TEMPLATE):
+        return None
+    for char, slot in zip(text, _ID_TEMPLATE, strict=False):
+        if (char == "-") != (slot == "-") or (slot == "x" and char not in _HEX):
+            return None
+    digits = text.replace("-", "")
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
 def status_from_row(row: Any) -> dict[str, Any]:
     """The public status document of a job row (or any row with the status columns)."""
     error = None

@@ -24,6 +24,7 @@ from shared.jobs.model import (
     JobNotFound,
     Submission,
     TooManyInflightJobs,
+    id_prefix_range,
     status_from_row,
     utcnow,
 )
@@ -188,15 +189,25 @@ def list_jobs(
     *,
     state: str | None = None,
     kind: str | None = None,
+    id_prefix: str | None = None,
     page: int = 1,
     limit: int = 50,
 ) -> tuple[list[dict[str, Any]], int]:
-    """The owner's jobs, newest first, and how many match in all."""
+    """The owner's jobs, newest first, and how many match in all.
+
+    `id_prefix` keeps the jobs whose id starts with it (`id_prefix_range`;
+    one that no id can start with matches nothing).
+    """
     conditions = [Job.owner_id == owner_id]
     if state:
         conditions.append(Job.state == state)
     if kind:
         conditions.append(Job.kind == kind)
+    if id_prefix is not None:
+        bounds = id_prefix_range(id_prefix)
+        if bounds is None:
+            return [], 0
+        conditions.append(Job.id.between(*bounds))
     where = and_(*conditions)
     total = session.scalar(select(func.count()).select_from(Job).where(where)) or 0
     rows = session.execute(

@@ -228,6 +228,13 @@ class StatusStore:
             return None
         return LiveDocument(state, doc, queue, int(ticket) if ticket else None)
 
+    def queue_tickets(self, job_ids: list[str]) -> list[tuple[str, int]]:
+        """The (queue, ticket) of each of `job_ids` whose live document has a ticket; one trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self._keys.job_status(job_id), "queue", "ticket")
+        return [(queue, int(ticket)) for queue, ticket in pipe.execute() if queue and ticket]
+
     def estimate(self, queue: str, ticket: int) -> Estimate:
         """Jobs ahead of `ticket` in `queue` and an ETA from the recent claim rate; O(1)."""
         pipe = self._redis.pipeline(transaction=False)

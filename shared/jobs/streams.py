@@ -8,8 +8,10 @@ the row decides: a job that ended while its event was lost (written while
 Redis was down, or expired) gets a closing `state` frame from the row, and a
 quiet stream asks the row at most once per `row_check_seconds` (EVENTS_ROW_CHECK_SECONDS).
 
-Without a hub (a process that does not hold streams open) a stream replays
-and closes; the client reconnects after `retry` with its Last-Event-ID.
+Without a hub a stream either waits on its own log for a bounded time
+(`follow`, `hold_seconds`: web's streams, a blocking read of the job's or
+user's log, closed after the hold or the job's end) or replays and closes;
+either way the client reconnects after `retry` with its Last-Event-ID.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from shared.jobs.status import STALE_AFTER
 
 # How long a client waits before reconnecting after a stream ends or breaks.
 RECONNECT_MS = 2000
+# The same after a held stream's hold ran out: it lasted seconds, so a prompt
+# reconnect costs little, and events meanwhile wait no longer than this.
+HELD_RECONNECT_MS = 250
+# A held stream's longest single wait on its log (an XREAD BLOCK a second
+# while idle): how soon it notices its process stopping.
+HELD_WAIT_SECONDS = 1.0
 
 # The job's status if its row says it ended (its event was lost), else None.
 RowCheck = Callable[[], dict[str, Any] | None]
@@ -62,6 +70,10 @@ class JobStream:
         check_row: RowCheck,
         reconnect_ms: int = RECONNECT_MS,
         row_check_seconds: float = STALE_AFTER.total_seconds(),
+        follow: EventLog | None = None,
+        hold_seconds: float = 0.0,
+        keep_holding: Callable[[], bool] = lambda: True,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.log = log
         self.hub = hub
@@ -72,6 +84,10 @@ class JobStream:
         self.check_row = check_row
         self.reconnect_ms = reconnect_ms
         self.row_check_seconds = row_check_seconds
+        self.follow = follow
+        self.hold_seconds = hold_seconds
+        self.keep_holding = keep_holding
+        self.on_close = on_close
         self.sub: Subscription | None = None
 
     def open(self) -> list[Event]:
@@ -86,10 +102,13 @@ class JobStream:
             raise
 
     def close(self) -> None:
-        """Unsubscribe from the hub (idempotent)."""
+        """Unsubscribe from the hub, and call `on_close` once (idempotent)."""
         if self.sub is not None and self.hub is not None:
             self.hub.unsubscribe(self.sub)
             self.sub = None
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
     def frames(self, replay: list[Event], ending: dict[str, Any] | None) -> Iterator[str]:
         """The stream's text: `retry`, the replay, then `ending` or the live events."""
@@ -99,9 +118,11 @@ class JobStream:
         if ending is not None:
             yield ending_frame(ending)
             return
-        if self.sub is None:
-            return  # replay and close; the client reconnects with its Last-Event-ID
-        yield from self._live(self.sub)
+        if self.sub is not None:
+            yield from self._live(self.sub)
+        elif self.follow is not None and self.hold_seconds > 0:
+            yield from self._held(self.follow)
+        # Else replay and close; the client reconnects with its Last-Event-ID.
 
     def _replay(self) -> list[Event]:
         if self.job_id is not None:
@@ -121,6 +142,35 @@ class JobStream:
             if self.job_id is not None and is_terminal(event) and index == len(fresh) - 1:
                 return True
         return False
+
+    def _held(self, follow: EventLog) -> Iterator[str]:
+        """Live events read from the log itself, until the job ends or the hold is over.
+
+        Each wait is one XREAD BLOCK after the last id sent, so nothing written
+        meanwhile is missed; waits are short (HELD_WAIT_SECONDS) so a stopping
+        process (`keep_holding` turns false) lets its streams go at once. The
+        row is not asked here but when the client reconnects (the hold, 20 s,
+        is well under `row_check_seconds`). Redis going away ends the stream;
+        the client resumes after its Last-Event-ID.
+        """
+        deadline = time.monotonic() + self.hold_seconds
+        quiet_since = time.monotonic()
+        while (remaining := deadline - time.monotonic()) > 0 and self.keep_holding():
+            wait_ms = int(min(remaining, HELD_WAIT_SECONDS) * 1000)
+            try:
+                if self.job_id is not None:
+                    events = follow.wait_job_events(self.job_id, self.after, wait_ms)
+                else:
+                    events = follow.wait_user_events(self.owner_id, self.after, wait_ms)
+            except redis.RedisError:
+                return
+            if events:
+                quiet_since = time.monotonic()
+                if (yield from self._send(events)):
+                    return
+            elif time.monotonic() - quiet_since >= self.keepalive:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
 
     def _live(self, sub: Subscription) -> Iterator[str]:
         quiet_since = time.monotonic()

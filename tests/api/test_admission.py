@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 from sqlalchemy import func, select
 
 from infra.broker.depth import RedisQueueDepths
 from shared import jobs
+from shared.jobs.inflight import slot_wait
 from shared.models import Job
 from tests.support.accounts import register_and_login
 from tests.support.apps import app_with, unique_name
@@ -156,3 +158,44 @@ def test_queue_depth_is_cached_per_process(redis_client, settings):
         assert depths.depth("q") == 2
     finally:
         redis_client.delete(f"{prefix}q")
+
+
+def test_slot_wait_is_bounded_and_prefers_a_running_job():
+    assert slot_wait(True, [40]) == 1
+    assert slot_wait(False, []) == slot_wait(False, [None]) == 5  # nothing to estimate from
+    assert slot_wait(False, [0]) == 1
+    assert slot_wait(False, [30, None, 7]) == 7
+    assert slot_wait(False, [500]) == 60
+
+
+def test_the_inflight_429_says_when_a_slot_is_likely_free_not_the_limiters_minute(
+    settings, redis_client
+):
+    with app_with(settings, max_inflight_jobs=2) as app:  # no worker consumes its queues
+        client = app.test_client()
+        _, headers = register_and_login(client, unique_name())
+        other_id, other = register_and_login(client, unique_name())
+        mine = [client.post("/api/v1/transactions", json=CREDIT, headers=headers).get_json()
+                for _ in range(2)]  # fmt: skip
+        refused = client.post("/api/v1/transactions", json=CREDIT, headers=headers)
+        assert refused.status_code == 429
+        # The queue has no drain history yet: the fixed guess, not the limiter's window reset.
+        assert refused.headers["Retry-After"] == "5"
+        # Others' jobs, behind mine in the queue, drain quickly (a worker's first writes).
+        res = app.extensions["conveyor"]
+        theirs = [client.post("/api/v1/transactions", json=CREDIT, headers=other).get_json()
+                  for _ in range(2)]  # fmt: skip
+        for accepted in theirs:
+            time.sleep(0.01)  # claims a few milliseconds apart: a drain rate to divide by
+            res.statuses.write(other_id, {**accepted, "state": "SUCCESS"})
+        refused = client.post("/api/v1/transactions", json=CREDIT, headers=headers)
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "1"  # mine are next, at about 100 a second
+        assert refused.headers["X-RateLimit-Limit"]  # the limiter ran, and left it alone
+        # One of mine running: a slot may free at any moment.
+        with res.autocommit_engine.connect() as conn:
+            assert jobs.claim(conn, uuid.UUID(mine[0]["task_id"])) is not None
+        assert (
+            client.post("/api/v1/transactions", json=CREDIT, headers=headers).headers["Retry-After"]
+            == "1"
+        )

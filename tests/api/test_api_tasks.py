@@ -213,3 +213,19 @@ def test_a_live_document_silent_for_a_minute_is_confirmed_against_the_row(
     assert resources.statuses.write(user_id, stale)
     confirmed = client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()
     assert confirmed["state"] == "SUCCESS" and confirmed["result"] == {"balance": 3}
+
+
+def test_list_by_id_prefix_is_the_callers_own_and_a_bad_prefix_is_a_422(client, make_user):
+    _, alice = make_user("alice")
+    _, bob = make_user("bob")
+    mine = _submit(client, alice).get_json()["task_id"]
+    theirs = _submit(client, bob).get_json()["task_id"]
+    for prefix in (mine[:8], mine[:8].upper(), mine[:13], mine):
+        listed = client.get(f"/api/v1/tasks?id_prefix={prefix}", headers=alice).get_json()
+        assert mine in [item["task_id"] for item in listed["items"]], prefix
+    assert client.get(f"/api/v1/tasks?id_prefix={theirs}", headers=alice).get_json()["total"] == 0
+    for bad in ("not-a-uuid", "5a62-", "x" * 37):
+        refused = client.get(f"/api/v1/tasks?id_prefix={bad}", headers=alice)
+        assert refused.status_code == 422, bad
+        (detail,) = refused.get_json()["error"]["details"]
+        assert detail["field"] == "id_prefix" and "start of a task id" in detail["message"]

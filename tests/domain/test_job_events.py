@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
+import redis
 
 from infra.redis_store import Keys
-from shared.jobs.events import EventLog, StreamKeys
+from shared.jobs.events import Event, EventHub, EventLog, StreamKeys
 from shared.jobs.status import StatusStore
 
 OWNER = 7
@@ -83,3 +85,50 @@ def test_queue_position_counts_tickets_ahead_and_claims_pass_them(store):
     estimate = statuses.estimate("ledger", tickets[3])
     assert estimate.queue_position == 0
     assert estimate.eta_seconds is None or estimate.eta_seconds >= 1
+
+
+def test_a_wait_on_the_log_returns_what_was_written_after_the_last_id_read(store):
+    statuses, log = store
+    doc = _doc()
+    statuses.record_enqueued(OWNER, doc)
+    job_id = doc["task_id"]
+    (pending,) = log.job_events(job_id)
+    # Nothing new: the wait times out empty.
+    assert log.wait_job_events(job_id, pending.id, block_ms=50) == []
+    # Written before the wait began (between two reads): returned at once, not missed.
+    statuses.write(OWNER, {**doc, "state": "STARTED"})
+    statuses.write(OWNER, {**doc, "state": "SUCCESS"})
+    waited = log.wait_job_events(job_id, pending.id, block_ms=5000)
+    assert [json.loads(event.data)["state"] for event in waited] == ["STARTED", "SUCCESS"]
+    assert log.wait_user_events(OWNER, pending.id, block_ms=5000) == waited
+    assert log.wait_job_events(job_id, None, block_ms=50)[0] == pending
+
+
+class LateFirstRead(redis.Redis):
+    """A reader's own client whose reads reach Redis late (a connection made on a busy box)."""
+
+    def xrevrange(self, *args, **kwargs):
+        time.sleep(0.3)
+        return super().xrevrange(*args, **kwargs)
+
+
+def test_an_event_written_just_after_the_first_subscription_reaches_it(store):
+    """A new process's first stream: the reader starts with it and must not skip what follows."""
+    from tests.support.environment import REDIS_URL
+
+    statuses, log = store
+    reader = LateFirstRead.from_url(REDIS_URL, decode_responses=True)
+    hub = EventHub(reader, log.keys, block_ms=100)
+    doc = _doc()
+    statuses.record_enqueued(OWNER, doc)
+    sub = hub.subscribe(job_id=doc["task_id"])
+    try:
+        # At once, as a worker's write can land between the subscriber's replay of
+        # its log and the reader's first read: it must still reach the subscriber.
+        statuses.write(OWNER, {**doc, "state": "SUCCESS"})
+        event = sub.get(timeout=5)
+        assert isinstance(event, Event) and json.loads(event.data)["state"] == "SUCCESS"
+    finally:
+        hub.unsubscribe(sub)
+        hub.close()
+        reader.close()

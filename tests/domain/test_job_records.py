@@ -190,3 +190,48 @@ def test_a_failure_keeps_the_progress_and_stores_no_result(resources, owner):
     with resources.sessions() as session:
         # SQL NULL, as before: not a JSON 'null' document.
         assert session.scalar(select(Job.id).where(Job.id == job_id, Job.result.is_(None)))
+
+
+def test_an_id_prefix_is_the_range_of_ids_that_start_with_it():
+    low, high = jobs.id_prefix_range("5A62313e-84")
+    assert str(low) == "5a62313e-8400-0000-0000-000000000000"
+    assert str(high) == "5a62313e-84ff-ffff-ffff-ffffffffffff"
+    whole = "5a62313e-8483-4f7e-9d6c-0b1c2d3e4f50"
+    assert jobs.id_prefix_range(whole) == (uuid.UUID(whole), uuid.UUID(whole))
+    # A dash only where ids have one, hex digits elsewhere, 1-36 characters.
+    for bad in ("", "5a62-313e", "5a62313e8", "5a62313g", whole + "0", " 5a6"):
+        assert jobs.id_prefix_range(bad) is None, bad
+
+
+def test_listing_by_id_prefix_keeps_the_owners_jobs_that_start_with_it(resources, owner):
+    chosen = ["0fffffff-ffff-4fff-8fff-ffffffffffff", "10000000-0000-4000-8000-000000000000",
+              "10000000-0000-4000-8000-000000000001", "1fffffff-ffff-4fff-8fff-ffffffffffff",
+              "20000000-0000-4000-8000-000000000000"]  # fmt: skip
+    for job_id in chosen:
+        created = uuid.UUID(_create(resources, owner).status["task_id"])
+        with resources.sessions.begin() as session:
+            session.execute(Job.__table__.update().where(Job.id == created).values(id=job_id))
+    with resources.sessions.begin() as session:
+        other = accounts.register(
+            session, resources.hasher, f"o_{uuid.uuid4().hex[:8]}", "pw123456", "USD"
+        ).id
+    # Another owner's job inside the same range: never listed for `owner`.
+    foreign = uuid.UUID(_create(resources, other).status["task_id"])
+    with resources.sessions.begin() as session:
+        session.execute(
+            Job.__table__.update()
+            .where(Job.id == foreign)
+            .values(id="10000000-0000-4000-8000-0000000000ff")
+        )
+
+    def listed(prefix: str) -> list[str]:
+        with resources.sessions() as session:
+            items, total = jobs.list_jobs(session, owner, id_prefix=prefix, limit=100)
+        assert total == len(items)
+        return sorted(item["task_id"] for item in items)
+
+    assert listed("1") == chosen[1:4]
+    assert listed("10000000-0000-4000-8000-00000000000") == chosen[1:3]
+    assert listed("1FFFFFFF") == chosen[3:4]
+    assert listed(chosen[0]) == chosen[:1]
+    assert listed("3") == [] and listed("not-an-id") == []

@@ -19,12 +19,19 @@ from honcho.environ import parse_procfile
 
 from infra.settings import ROOT, Settings
 from scripts.devstack import (
+    ROOT_WARNING_FILTER,
     Foreground,
+    bind_to_loopback,
+    checkout_prefix,
     choose_redis,
+    clean,
     ensure_flower_auth,
     mask_url,
     prepare_environment,
+    quiet_root_warning,
     reset_prometheus_dir,
+    save_state,
+    use_redis,
 )
 from scripts.embedded_redis import EmbeddedRedis, EmbeddedRedisError, pick_port
 from tests.support.environment import process_environment
@@ -119,13 +126,17 @@ def test_prepare_environment_puts_venv_first_and_shell_over_dotenv() -> None:
     assert env["PORT"] == "8000"
 
 
-def test_flower_auth_is_invented_only_when_missing() -> None:
+def test_flower_auth_is_invented_once_and_kept() -> None:
     env: dict[str, str] = {}
-    invented = ensure_flower_auth(env)
+    state: dict = {}
+    invented = ensure_flower_auth(env, state)
     assert invented and re.fullmatch(r"conveyor:[\w-]{20,}", invented)
-    assert env["FLOWER_BASIC_AUTH"] == invented
-    assert ensure_flower_auth(env) is None
-    assert env["FLOWER_BASIC_AUTH"] == invented
+    assert env["FLOWER_BASIC_AUTH"] == state["flower_basic_auth"] == invented
+    # The next run finds it in its state (var/devstack.json) and uses it again.
+    again: dict[str, str] = {}
+    assert ensure_flower_auth(again, state) == invented == again["FLOWER_BASIC_AUTH"]
+    # Set in the environment, it wins and nothing is invented.
+    assert ensure_flower_auth({"FLOWER_BASIC_AUTH": "ops:mine"}, {}) is None
 
 
 def test_choose_redis_prefers_an_explicit_url() -> None:
@@ -135,6 +146,77 @@ def test_choose_redis_prefers_an_explicit_url() -> None:
 def test_choose_redis_behind_sentinel_starts_no_embedded_redis() -> None:
     # The sentinels name the master; the default URL only says database 0.
     assert choose_redis({"REDIS_SENTINELS": "sentinel-1:26379"}) == "redis://127.0.0.1:6379/0"
+
+
+def test_the_machines_redis_is_shared_under_a_prefix_of_this_checkouts(monkeypatch) -> None:
+    from urllib.parse import urlsplit
+
+    from scripts import devstack
+    from tests.support.environment import REDIS_URL
+
+    assert checkout_prefix(Path("/a/conveyor")) == checkout_prefix(Path("/a/conveyor"))
+    assert checkout_prefix(Path("/a/conveyor")) != checkout_prefix(Path("/b/conveyor"))
+    assert re.fullmatch(r"conveyor-dev-[0-9a-f]{8}:", checkout_prefix())
+    # "The machine's Redis" is this run's (127.0.0.1:6379 here, or the one the run started).
+    monkeypatch.setattr(devstack, "LOCAL_REDIS_PORT", urlsplit(REDIS_URL).port)
+    found: dict[str, str] = {}
+    state: dict = {}
+    assert use_redis(found, state) is None  # it answers: no embedded Redis
+    assert found["CONVEYOR_REDIS_PREFIX"] == checkout_prefix()
+    assert state["shared_redis"] == {"url": found["REDIS_URL"], "prefix": checkout_prefix()}
+    # Told otherwise (REDIS_URL, or a prefix of one's own), it does as told.
+    given = {"REDIS_URL": "redis://127.0.0.1:6379/3"}
+    assert use_redis(given, {}) is None and "CONVEYOR_REDIS_PREFIX" not in given
+    mine = {"CONVEYOR_REDIS_PREFIX": "mine:"}
+    use_redis(mine, state)
+    assert mine["CONVEYOR_REDIS_PREFIX"] == state["shared_redis"]["prefix"] == "mine:"
+
+
+def test_every_port_on_loopback_unless_set() -> None:
+    env = {"FLOWER_ADDRESS": "0.0.0.0"}
+    bind_to_loopback(env)
+    assert env == {"WEB_BIND_HOST": "127.0.0.1", "FLOWER_ADDRESS": "0.0.0.0",
+                   "WORKER_METRICS_HOST": "127.0.0.1"}  # fmt: skip
+
+
+def test_celerys_root_warning_is_filtered_only_for_root() -> None:
+    env = {"PYTHONWARNINGS": "error::DeprecationWarning"}
+    quiet_root_warning(env, euid=1000)
+    assert env["PYTHONWARNINGS"] == "error::DeprecationWarning"
+    quiet_root_warning(env, euid=0)
+    assert env["PYTHONWARNINGS"] == f"error::DeprecationWarning,{ROOT_WARNING_FILTER}"
+    # The filter as Python reads it: the warning Celery gives, and nothing else, is ignored.
+    probe = (
+        "import warnings; "
+        'warnings.warn("You\'re running the worker with superuser privileges: this is bad"); '
+        "warnings.warn('something else')"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], env={**process_environment(), **env},
+        capture_output=True, text=True,
+    ).stderr  # fmt: skip
+    assert "superuser" not in shown and "something else" in shown
+
+
+def test_clean_deletes_only_the_prefix_it_recorded_and_not_while_running(
+    tmp_path: Path, redis_client
+) -> None:
+    from tests.support.environment import REDIS_PREFIX, REDIS_URL
+
+    prefix = f"{REDIS_PREFIX}devstack-clean:"
+    state, pid = tmp_path / "devstack.json", tmp_path / "devstack.pid"
+    redis_client.set(f"{prefix}a", 1)
+    redis_client.set(f"{prefix}b", 2)
+    redis_client.set(f"{REDIS_PREFIX}devstack-other", 3)
+    save_state({"shared_redis": {"url": REDIS_URL, "prefix": prefix}}, state)
+    assert state.stat().st_mode & 0o777 == 0o600
+    pid.write_text(str(os.getpid()))  # a make run still going: refused, nothing deleted
+    assert clean(state, pid) == 1 and redis_client.exists(f"{prefix}a")
+    pid.unlink()
+    assert clean(state, pid) == 0
+    assert not redis_client.exists(f"{prefix}a", f"{prefix}b")
+    assert redis_client.get(f"{REDIS_PREFIX}devstack-other") == "3"
+    assert clean(tmp_path / "absent.json", pid) == 0  # nothing recorded: nothing to do
 
 
 def test_prometheus_dir_is_created_and_emptied(tmp_path: Path) -> None:
@@ -184,7 +266,7 @@ def test_procfile_pools_and_queues(procfile: dict[str, str]) -> None:
     events = shlex.split(procfile["events"])
     assert "api.events_wsgi:app" in events and option(events, "--worker-class") == "gevent"
     assert option(events, "--workers") == "1"  # one process: one Redis reader for its streams
-    assert option(events, "--bind") == "0.0.0.0:${EVENTS_PORT:-8001}"
+    assert option(events, "--bind") == "${WEB_BIND_HOST:-0.0.0.0}:${EVENTS_PORT:-8001}"
 
     worker = shlex.split(procfile["worker"])
     assert worker[worker.index("celery") :][:4] == ["celery", "-A", "workers.app", "worker"]
@@ -345,6 +427,8 @@ def test_env_example_documents_every_variable() -> None:
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE))
     required = {f.metadata["env"] for f in fields(Settings)} | {
         "PORT",
+        "WEB_BIND_HOST",
+        "FLOWER_ADDRESS",
         "WEB_CONCURRENCY",
         "WEB_THREADS",
         "WORKER_CONCURRENCY",

@@ -143,7 +143,11 @@ def test_generated_procfile_wraps_every_procfile_line() -> None:
     generated = parse_procfile(supervised_procfile((ROOT / "Procfile").read_text())).processes
     assert list(generated) == list(original)  # same order: honcho hands out $PORT by position
     for name, command in original.items():
-        assert _wrapped(generated[name]) == ["--name", name, "--", command]
+        # Flower first waits for a worker to answer (its start-up inspections would fail).
+        first = f"{sys.executable} -m scripts.wait_for_workers --timeout 60 && " * (
+            name == "flower"
+        )
+        assert _wrapped(generated[name]) == ["--name", name, "--", first + command]
         subprocess.run(["sh", "-n", "-c", generated[name]], check=True)
 
 

@@ -13,7 +13,7 @@ from shared.jobs.lifecycle import announce_outcome
 from shared.ledger import job_posting
 from shared.ledger.wallet_cache import invalidate_user, user_scope
 from workers import ledger_batches
-from workers.job_run import JobRun, run_job
+from workers.job_run import JobRun, end_revoked_if_cancelled, run_job
 from workers.poison import JobTask
 from workers.runtime import resources
 from workers.tasks.webhooks import outbox as webhook_outbox
@@ -69,7 +69,8 @@ def _post_in_one_statement(task: Task, job_id: str) -> bool:
     with res.autocommit_engine.connect() as conn:
         outcome = job_posting.post_and_finish(conn, parsed, now=jobs.utcnow())
     if outcome.skipped:
-        log.info("job %s already finished or cancelled; skipping", job_id)
+        end_revoked_if_cancelled(task, res, parsed)
+        log.info("job %s already finished; skipping", job_id)
         return True
     if outcome.refused:
         return False
