@@ -86,14 +86,14 @@ def _submit(client, headers, path: str, body: dict) -> str:
 
 
 @contextmanager
-def _wallet_locked(res, user_id: int) -> Iterator[None]:
-    """Hold the user's wallet row, so postings to it block inside the worker."""
+def _wallet_locked(res, user_id: int) -> Iterator[int]:
+    """Hold the user's wallet row, so postings to it block inside the worker; the holder's pid."""
     with res.engine.connect() as conn:
         conn.execute(text("BEGIN"))
         # Held for minutes on purpose: not ended as an idle transaction.
         conn.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
         conn.execute(text("SELECT 1 FROM wallets WHERE user_id = :u FOR UPDATE"), {"u": user_id})
-        yield
+        yield conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
         conn.execute(text("ROLLBACK"))
 
 
@@ -117,14 +117,21 @@ def _children(pid: int) -> set[int]:
     return children
 
 
-def _blocked_client_ports(res) -> set[int]:
-    """Client ports of the database sessions waiting on a lock (the posting under test)."""
+def _blocked_client_ports(res, holder: int) -> set[int]:
+    """Client ports of the sessions the wallet's holder blocks (the posting under test).
+
+    Only those: the next run's claim also waits on a lock for a moment (the job
+    row, which a killed run's session holds until its statement times out),
+    and a child killed there never started the job, so it is no lost run.
+    """
     with res.engine.connect() as conn:
         rows = conn.execute(
             text(
                 "SELECT client_port FROM pg_stat_activity"
                 " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
+                " AND :holder = ANY(pg_blocking_pids(pid))"
+            ),
+            {"holder": holder},
         ).all()
     return {port for (port,) in rows if port}
 
@@ -262,10 +269,11 @@ def test_a_ledger_job_that_kills_its_worker_child_three_times_is_quarantined(sta
     def healthy_job(n: int) -> str:
         return _submit(client, healthy, "/transactions", {"type": "credit", "amount": n})
 
-    with _wallet_locked(res, poisoned_user):
+    with _wallet_locked(res, poisoned_user) as holder:
         task_id = _submit(client, poisoned, "/transactions/random", {"count": 1})
         killed = _kill_three_runs(
-            stack, worker, lambda seen: _child_owning(worker.pid, _blocked_client_ports(res), seen),
+            stack, worker,
+            lambda seen: _child_owning(worker.pid, _blocked_client_ports(res, holder), seen),
             healthy_job,
         )  # fmt: skip
         _quarantined(stack, worker, task_id, killed, healthy_job)
