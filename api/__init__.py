@@ -19,6 +19,7 @@ from api.requests import MAX_BODY_BYTES
 from api.stream_auth import init_stream_tickets
 from infra.broker.publish import build_publisher
 from infra.settings import Settings
+from shared.jobs.fair import FairPublisher
 from shared.jobs.kinds import QUEUES
 from shared.resources import Resources
 
@@ -61,7 +62,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     res = Resources.build(settings)
     app.extensions["conveyor"] = res
     # The API publishes by task name (shared/broker) and never imports task code.
-    app.extensions["conveyor.publisher"] = build_publisher(settings, QUEUES)
+    # Fair-queue jobs join their users' lines; the gate publishes them in turn.
+    app.extensions["conveyor.publisher"] = FairPublisher(
+        build_publisher(settings, QUEUES), res.fair
+    )
 
     register_error_handlers(app)
     app.before_request(_start_request)

@@ -143,7 +143,11 @@ class FairLines:
         pipe = self._redis.pipeline(transaction=False)
         for owner_id, job_id in jobs:
             pipe.zscore(self.key(queue, f"u:{owner_id}"), job_id)
-        return {job_id for (_, job_id), score in zip(jobs, pipe.execute()) if score is not None}
+        return {
+            job_id
+            for (_, job_id), score in zip(jobs, pipe.execute(), strict=True)
+            if score is not None
+        }
 
     def released(self, queue: str) -> list[str]:
         """Jobs released to the broker and not finished (for the sweep's reconciliation)."""
