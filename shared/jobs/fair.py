@@ -15,18 +15,28 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from redis.commands.core import Script
 
+from infra.broker.depth import BrokerUnavailable, QueueDepths
 from infra.broker.messages import BrokerError, JobMessage, PipelineExtra, Publisher
 from infra.settings import Settings
 from shared.jobs import fair_scripts
 
-__all__ = ["FAIR_QUEUES", "FairLines", "FairPublisher", "Policy", "Position"]
+__all__ = [
+    "FAIR_QUEUES",
+    "FairInFlight",
+    "FairLines",
+    "FairPublisher",
+    "FairQueueDepths",
+    "Policy",
+    "Position",
+    "reconcile",
+]
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +148,15 @@ class FairLines:
         active, capped = pipe.execute()
         return int(active) + int(capped)
 
-    def in_lines(self, queue: str, jobs: Sequence[tuple[int, str]]) -> set[str]:
-        """Which (owner, job id) pairs wait in a line; one pipelined trip."""
+    def in_lines(self, candidates: Sequence[tuple[str, str]]) -> set[str]:
+        """Which of (job id, queue) `candidates` wait in a fair line; one pipelined trip."""
+        fair = [(job_id, queue) for job_id, queue in candidates if queue in FAIR_QUEUES]
+        if not fair:
+            return set()
         pipe = self._redis.pipeline(transaction=False)
-        for owner_id, job_id in jobs:
-            pipe.zscore(self.key(queue, f"u:{owner_id}"), job_id)
-        return {
-            job_id
-            for (_, job_id), score in zip(jobs, pipe.execute(), strict=True)
-            if score is not None
-        }
+        for job_id, queue in fair:
+            pipe.hexists(self.key(queue, "msg"), job_id)
+        return {job_id for (job_id, _), found in zip(fair, pipe.execute(), strict=True) if found}
 
     def released(self, queue: str) -> list[str]:
         """Jobs released to the broker and not finished (for the sweep's reconciliation)."""
@@ -183,6 +192,68 @@ class FairLines:
     def withdraw(self, queue: str, worker: str) -> None:
         """A stopping worker's slots no longer count."""
         self._redis.hdel(self.key(queue, "slots"), worker)
+
+
+class FairInFlight:
+    """The broker's view of in-flight jobs (an InFlight), with the jobs waiting in fair lines.
+
+    A job waiting its turn has no broker message yet; it is not lost, and the
+    lost-job sweep must not re-publish it (nor count it against
+    STUCK_MAX_REDISPATCHES).
+    """
+
+    def __init__(self, inner: Any, lines: FairLines) -> None:
+        self.inner = inner
+        self.lines = lines
+        self.exact = inner.exact
+
+    def present(self, candidates: Sequence[tuple[str, str]]) -> set[str]:
+        return self.inner.present(candidates) | self.lines.in_lines(candidates)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def reconcile(
+    publisher: FairPublisher, queue: str, terminal: Callable[[list[str]], set[str]]
+) -> int:
+    """Free the slots of released jobs whose rows say they ended, release; how many were freed.
+
+    `terminal(job_ids)` answers which of them ended (or have no row): a slot
+    whose finish was lost (a worker died after its commit, Redis was down
+    then) is freed here by the sweep, and the next jobs are published.
+    """
+    lines = publisher.lines
+    released = lines.released(queue)
+    ended = terminal(released) if released else set()
+    publisher.publish_released(lines.finish(queue, sorted(ended)))
+    return len(ended)
+
+
+class FairQueueDepths(QueueDepths):
+    """The broker's queue depths plus the jobs waiting in each fair queue's lines.
+
+    What QUEUE_MAX_DEPTH admission and `conveyor_queue_depth` count: every
+    accepted job not yet taken by a worker, on the broker or in a line.
+    """
+
+    def __init__(self, inner: QueueDepths, lines: FairLines, **cache: Any) -> None:
+        super().__init__(**cache)
+        self.inner = inner
+        self.lines = lines
+
+    def read(self, queues: Iterable[str]) -> dict[str, int]:
+        depths = self.inner.read(queues)
+        try:
+            for queue in depths:
+                if queue in FAIR_QUEUES:
+                    depths[queue] += self.lines.waiting(queue)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"fair lines unavailable: {exc.__class__.__name__}") from exc
+        return depths
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class FairPublisher:
