@@ -193,3 +193,59 @@ def test_a_user_at_the_cap_never_runs_more_than_the_cap(settings, redis_client, 
         assert _overlap(mine) <= cap
         # The other user's jobs were not kept behind the greedy user's.
         assert max(_started_rank(rows, str(r.id)) for r in rows if r.owner_id == other_id) <= 4
+
+
+def test_waiting_jobs_have_a_fair_position_leave_on_cancel_and_are_not_lost(
+    settings, redis_client, tmp_path
+):
+    from infra.broker.inflight import broker_in_flight
+    from shared import maintenance
+    from shared.jobs import fair
+
+    with private_stack(
+        settings,
+        redis_client,
+        tmp_path,
+        fair_idle_window=1,
+        login_generates_transactions=False,
+    ) as stack:
+        (_, busy), (_, small) = _users(stack, 2, "pos")
+        busy_jobs = [_credit(stack, busy) for _ in range(6)]  # the first is released
+        small_jobs = [_credit(stack, small) for _ in range(2)]
+
+        def poll(job_id: str, headers: dict) -> dict:
+            return stack.client.get(f"/api/v1/tasks/{job_id}", headers=headers).get_json()
+
+        # Behind the one job on the broker: the small user's first job is next.
+        first = poll(small_jobs[0], small)
+        assert (first["queue_position"], first["waiting_for"]) == (1, "worker")
+        second = poll(small_jobs[1], small)
+        assert (second["queue_position"], second["waiting_for"]) == (3, "own_jobs")
+        # The busy user's last job waits behind its 4 own and the small user's 2.
+        assert poll(busy_jobs[5], busy)["queue_position"] == 1 + 4 + 2
+        # Cancelled, it leaves the line; the next one moves up.
+        assert (
+            stack.client.delete(f"/api/v1/tasks/{small_jobs[0]}", headers=small).status_code == 202
+        )
+        assert stack.resources.fair.waiting("ledger") == 5 + 1
+        assert poll(small_jobs[1], small)["queue_position"] == 1
+        # The lost-job sweep takes waiting jobs for present, not lost.
+        res = stack.resources
+        in_flight = fair.FairInFlight(broker_in_flight(res.settings, res.redis), res.fair)
+        published: list[str] = []
+        try:
+            again = maintenance.redispatch_lost(
+                res.sessions,
+                in_flight,
+                lambda kind, job_id, queue: published.append(job_id),
+                older_than_seconds=0,
+            )
+        finally:
+            in_flight.close()
+        assert again == [] and published == []
+        # The queue's depth counts the lines (QUEUE_MAX_DEPTH, conveyor_queue_depth).
+        metrics = stack.client.get(
+            "/metrics", headers={"Authorization": f"Bearer {res.settings.metrics_token}"}
+        ).get_data(as_text=True)
+        assert 'conveyor_queue_depth{queue="ledger"} 7.0' in metrics
+        assert 'conveyor_fair_waiting_users{queue="ledger"} 2.0' in metrics
