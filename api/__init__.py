@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         docs,
         events,
         failed_jobs,
+        fair_share,
         ledger,
         notifications,
         ops,
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp, system.bp, cache.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(failed_jobs.bp)
+    app.register_blueprint(fair_share.bp)
     tasks.init_poll_reads(app)
     app.register_blueprint(ai.bp)
     # Tickets, and the stream routes: held open a while in a gevent worker, else

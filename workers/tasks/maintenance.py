@@ -9,7 +9,7 @@ from celery import Celery, Task, shared_task
 from infra import tracing
 from infra.broker.inflight import broker_in_flight
 from shared import maintenance
-from shared.jobs import fair, kinds, records
+from shared.jobs import fair, fair_shares, kinds, records
 from workers.runtime import publisher, resources
 from workers.tasks.webhooks import outbox as webhook_outbox
 
@@ -74,6 +74,9 @@ def redispatch_lost(self: Task) -> dict:
     """Re-publish PENDING jobs whose broker message is gone."""
     res = resources(self.app)
     jobs_publisher = publisher(self.app)
+    # The cached shares re-synced from the table (a Redis that lost them heals).
+    with res.sessions() as session:
+        fair_shares.sync(session, res.fair)
     # Slots whose finish was lost are freed first, so their lines move on.
     freed = {
         queue: fair.reconcile(jobs_publisher, queue, lambda ids: _ended(res, ids))
