@@ -24,6 +24,13 @@ bp = Blueprint("fair_share", __name__, url_prefix="/api/v1/admin/users")
 log = logging.getLogger(__name__)
 
 
+def _user_id(text: str) -> int:
+    """The path's user id; anything but a positive integer names no user (404)."""
+    if not text.isdigit() or len(text) > 18:
+        raise not_found()
+    return int(text)
+
+
 def _body(user_id: int) -> Response:
     with resources().sessions() as session:
         try:
@@ -47,16 +54,16 @@ def _cache(queue: str, user_id: int, policy: Policy | None) -> None:
         log.warning("fair share of user %d not cached: Redis unavailable (the sweep will)", user_id)
 
 
-@bp.get("/<int:user_id>/fair-share")
+@bp.get("/<user_id>/fair-share")
 @require_admin
 @documented(
     "A user's weight and running cap on each fair queue", auth="admin", responses={200: FairShares}
 )
-def get_fair_share(user_id: int) -> Response:
-    return _body(user_id)
+def get_fair_share(user_id: str) -> Response:
+    return _body(_user_id(user_id))
 
 
-@bp.put("/<int:user_id>/fair-share")
+@bp.put("/<user_id>/fair-share")
 @require_admin
 @documented(
     "Set a user's weight and running cap on one fair queue",
@@ -64,19 +71,20 @@ def get_fair_share(user_id: int) -> Response:
     body=FairShareRequest,
     responses={200: FairShares},
 )
-def put_fair_share(user_id: int) -> Response:
+def put_fair_share(user_id: str) -> Response:
+    uid = _user_id(user_id)
     body = parse_body(FairShareRequest)
     policy = Policy(body.weight, body.max_running)
     try:
         with resources().sessions.begin() as session:
-            fair_shares.put_share(session, user_id, body.queue, policy)
+            fair_shares.put_share(session, uid, body.queue, policy)
     except fair_shares.UnknownUser:
         raise not_found() from None
-    _cache(body.queue, user_id, policy)
-    return _body(user_id)
+    _cache(body.queue, uid, policy)
+    return _body(uid)
 
 
-@bp.delete("/<int:user_id>/fair-share")
+@bp.delete("/<user_id>/fair-share")
 @require_admin
 @documented(
     "Give a user the defaults again on one fair queue (?queue=ai)",
@@ -84,12 +92,13 @@ def put_fair_share(user_id: int) -> Response:
     query=FairShareDeleteQuery,
     responses={200: FairShares},
 )
-def delete_fair_share(user_id: int) -> Response:
+def delete_fair_share(user_id: str) -> Response:
+    uid = _user_id(user_id)
     query = parse_query(FairShareDeleteQuery)
     try:
         with resources().sessions.begin() as session:
-            fair_shares.drop_share(session, user_id, query.queue)
+            fair_shares.drop_share(session, uid, query.queue)
     except fair_shares.UnknownUser:
         raise not_found() from None
-    _cache(query.queue, user_id, None)
-    return _body(user_id)
+    _cache(query.queue, uid, None)
+    return _body(uid)
