@@ -121,6 +121,15 @@ class FairLines:
         """Free the slots of finished jobs (idempotent) and release the next; the messages."""
         return _messages(queue, self._run(self._finish, queue, list(job_ids)))
 
+    def withdraw_jobs(self, queue: str, jobs: Sequence[JobMessage]) -> None:
+        """Take jobs whose submission failed out of the lines (or free their slots); idempotent."""
+        left = [job.job_id for job in jobs if not self.remove(queue, int(_owner(job)), job.job_id)]
+        if left:
+            self._finish(
+                keys=[self.key(queue, "released")],
+                args=[self.key(queue, ""), self._caps.get(queue, 0), -1, self._idle_window, *left],
+            )
+
     def release(self, queue: str) -> list[JobMessage]:
         """Release what the window allows now (the sweep's nudge); the messages to publish."""
         return self.finish(queue, [])
@@ -276,37 +285,62 @@ class FairPublisher:
         self, messages: Sequence[JobMessage], extra: PipelineExtra | None = None
     ) -> tuple[list[BrokerError | None], list[Any]]:
         errors: list[BrokerError | None] = [None] * len(messages)
+        # (index of the message whose answer a publish error is, or None; message)
         direct: list[tuple[int | None, JobMessage]] = []
         by_queue: dict[str, list[int]] = {}
         for index, message in enumerate(messages):
-            if message.queue in FAIR_QUEUES:
+            # A message that names no user (a tool's, a test's) has no line.
+            if message.queue in FAIR_QUEUES and message.headers.get("user_id") is not None:
                 by_queue.setdefault(message.queue, []).append(index)
             else:
                 direct.append((index, message))
         for queue, indexes in by_queue.items():
             try:
                 out = self.lines.submit(queue, [messages[i] for i in indexes])
-            except redis.RedisError as exc:
-                failed = BrokerError(f"fair lines unavailable: {exc.__class__.__name__}")
-                failed.__cause__ = exc
-                for i in indexes:
-                    errors[i] = failed
+            except redis.RedisError:
+                # The status Redis is down: straight onto the broker, in
+                # arrival order (available rather than fair until it is back).
+                log.warning("fair lines unavailable: %d job(s) published directly", len(indexes))
+                direct += [(i, messages[i]) for i in indexes]
                 continue
-            own = {messages[i].job_id: i for i in indexes}
-            # A message released now is the job's own (its error is its
-            # answer) or another job's (the sweep re-publishes it if lost).
-            direct += [(own.get(m.job_id), m) for m in out]
+            # Released now: this batch's jobs or others'. Accepted either way
+            # (in `released`): a message lost now is re-published by the sweep.
+            direct += [(None, m) for m in out]
         if not direct and extra is None:
             return errors, []
         sent, answers = self.inner.publish_many([m for _, m in direct], extra)
+        down: BrokerError | None = None
         for (index, message), error in zip(direct, sent, strict=True):
             if error is None:
                 continue
-            if index is not None and message.queue not in FAIR_QUEUES:
+            down = down or error
+            if index is not None:
                 errors[index] = error
             else:
                 log.warning("released job %s not published (the sweep will): %s", message, error)
+        if down is not None:
+            self._refuse(messages, by_queue, errors, down)
         return errors, answers
+
+    def _refuse(
+        self,
+        messages: Sequence[JobMessage],
+        by_queue: dict[str, list[int]],
+        errors: list[BrokerError | None],
+        down: BrokerError,
+    ) -> None:
+        """The broker refused: this batch's fair jobs are refused too, and leave the lines.
+
+        So "accepted" still means the broker answered: the rows are deleted
+        and the clients get 503, as without fair share.
+        """
+        for queue, indexes in by_queue.items():
+            try:
+                self.lines.withdraw_jobs(queue, [messages[i] for i in indexes])
+            except redis.RedisError:
+                log.warning("refused jobs not withdrawn from the %s lines", queue, exc_info=True)
+            for i in indexes:
+                errors[i] = errors[i] or down
 
     def publish_released(self, messages: Sequence[JobMessage]) -> None:
         """Publish messages the gate released; one lost now is re-published by the sweep."""

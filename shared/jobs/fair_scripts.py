@@ -179,6 +179,7 @@ for i = 5, #ARGV do
     end
   end
 end
+if tonumber(ARGV[3]) < 0 then return {} end  -- withdrawing: release nothing
 return release({})
 """
 )
