@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from infra.broker.messages import JobMessage
-from shared.jobs.fair import FairLines, Policy
+from infra.broker.messages import BrokerError, JobMessage
+from shared.jobs.fair import FairLines, FairPublisher, Policy
 
 
 @pytest.fixture
@@ -167,3 +167,51 @@ def test_cancel_takes_a_waiting_job_out_and_position_counts_the_fair_order(make_
     assert not lines.remove("ai", 2, "u2-0")
     assert lines.position("ai", 2, "u2-0") is None
     assert lines.waiting("ai") == 9 + 2
+
+
+class _Broker:
+    """A broker stand-in behind the fair publisher: records what reached it, or refuses."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.published: list[str] = []
+
+    def publish_many(self, messages, extra=None):
+        if self.refuse:
+            return [BrokerError("down")] * len(messages), []
+        self.published += [m.job_id for m in messages]
+        return [None] * len(messages), []
+
+    def shares_redis(self, url: str) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_publisher_releases_in_turn_and_a_refusing_broker_refuses_the_batch(make_lines):
+    lines = make_lines(window=2)
+    broker = _Broker()
+    publisher = FairPublisher(broker, lines)
+    errors, _ = publisher.publish_many([_job(1, n) for n in range(3)])
+    assert errors == [None, None, None]  # accepted: two on the broker, one in its line
+    assert broker.published == ["u1-0", "u1-1"]
+    publisher.publish_released(lines.finish("ai", ["u1-0"]))
+    assert broker.published[-1] == "u1-2"
+    # The broker goes down: the batch is refused and leaves no trace in the lines.
+    broker.refuse = True
+    lines.finish("ai", ["u1-1"])  # a free slot, so the new job is released at once
+    errors, _ = publisher.publish_many([_job(2, 0), _job(2, 1)])
+    assert all(isinstance(error, BrokerError) for error in errors)
+    assert lines.waiting("ai") == 0 and lines.running("ai", 2) == 0
+    assert lines.released("ai") == ["u1-2"]
+
+
+def test_without_the_status_redis_jobs_go_straight_to_the_broker(settings):
+    import redis
+
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    broker = _Broker()
+    publisher = FairPublisher(broker, FairLines(dead, settings))
+    errors, _ = publisher.publish_many([_job(1, 0), _job(2, 0)])
+    assert errors == [None, None] and broker.published == ["u1-0", "u2-0"]
