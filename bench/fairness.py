@@ -79,9 +79,16 @@ def measure(bench: Any, base: str, run_id: str) -> tuple[Figure | None, Figure |
     drain = statistics.median(drains)
     note = f"median of {len(idle)}; the flood drained in {drain:.1f} s (first submit to last end)"
     under = Figure(
-        SECTION, "small user's job under the flood", flood_s, "s", note=note, runs=flooded
+        SECTION,
+        "small user's job under the flood, submit to SUCCESS",
+        flood_s * 1000,
+        "ms",
+        note=note,
+        runs=[s * 1000 for s in flooded],
     )
-    alone = Figure(SECTION, "the same job, idle system", idle_s, "s", runs=idle)
+    alone = Figure(
+        SECTION, "the same job, idle system", idle_s * 1000, "ms", runs=[s * 1000 for s in idle]
+    )
     bench.figures += [under, alone]
     print(
         f"  small job: {flood_s:.2f} s under the flood, {idle_s:.2f} s idle"
