@@ -19,6 +19,7 @@ from api.requests import MAX_BODY_BYTES
 from api.stream_auth import init_stream_tickets
 from infra.broker.publish import build_publisher
 from infra.settings import Settings
+from shared.jobs.fair import FairPublisher
 from shared.jobs.kinds import QUEUES
 from shared.resources import Resources
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         docs,
         events,
         failed_jobs,
+        fair_share,
         ledger,
         notifications,
         ops,
@@ -61,7 +63,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     res = Resources.build(settings)
     app.extensions["conveyor"] = res
     # The API publishes by task name (shared/broker) and never imports task code.
-    app.extensions["conveyor.publisher"] = build_publisher(settings, QUEUES)
+    # Fair-queue jobs join their users' lines; the gate publishes them in turn.
+    app.extensions["conveyor.publisher"] = FairPublisher(
+        build_publisher(settings, QUEUES), res.fair
+    )
 
     register_error_handlers(app)
     app.before_request(_start_request)
@@ -70,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (auth.bp, tasks.bp, ledger.bp, notifications.bp, ops.bp, system.bp, cache.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(failed_jobs.bp)
+    app.register_blueprint(fair_share.bp)
     tasks.init_poll_reads(app)
     app.register_blueprint(ai.bp)
     # Tickets, and the stream routes: held open a while in a gevent worker, else

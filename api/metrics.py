@@ -32,6 +32,7 @@ from api.limits import unlimited
 from api.openapi import PlainText, documented
 from infra.broker.depth import BrokerUnavailable, QueueDepths
 from infra.redis_store import Keys
+from shared.jobs.fair import FAIR_QUEUES, FairLines
 
 bp = Blueprint("metrics", __name__)
 log = logging.getLogger(__name__)
@@ -249,6 +250,33 @@ class QueueDepthCollector(Collector):
             up.add_metric([], 0)
         yield depth
         yield up
+
+
+class FairShareCollector(Collector):
+    """Jobs waiting in each fair queue's lines and their users (shared/jobs/fair.py)."""
+
+    def __init__(self, lines: FairLines) -> None:
+        self.lines = lines
+
+    def collect(self) -> Iterable[Metric]:
+        waiting = GaugeMetricFamily(
+            "conveyor_fair_waiting_jobs",
+            "Jobs accepted and waiting in a fair queue's per-user lines.",
+            labels=["queue"],
+        )
+        users = GaugeMetricFamily(
+            "conveyor_fair_waiting_users",
+            "Users with jobs waiting in a fair queue's lines.",
+            labels=["queue"],
+        )
+        try:
+            for queue in FAIR_QUEUES:
+                waiting.add_metric([queue], self.lines.waiting(queue))
+                users.add_metric([queue], self.lines.users_waiting(queue))
+        except redis.RedisError:
+            pass  # Redis down: no figures rather than wrong ones
+        yield waiting
+        yield users
 
 
 class CacheStatsCollector(Collector):

@@ -26,6 +26,7 @@ from werkzeug.wsgi import get_content_length
 from api import metrics
 from infra import logging_setup, slow_queries
 from infra.broker.depth import create_queue_depths
+from shared.jobs.fair import FairQueueDepths
 from shared.resources import Resources
 
 access_log = logging.getLogger("conveyor.access")
@@ -53,8 +54,11 @@ def init_app(app: Flask, res: Resources, queues: list[str]) -> None:
     logging_setup.configure_logging(res.settings)
     registry = CollectorRegistry(auto_describe=True)
     # One reader of the real broker's queues, for admission control and /metrics.
-    app.extensions["conveyor.queue_depths"] = depths = create_queue_depths(res.settings, res.redis)
+    # The jobs waiting in the fair lines count as queued (shared/jobs/fair.py).
+    depths = FairQueueDepths(create_queue_depths(res.settings, res.redis), res.fair)
+    app.extensions["conveyor.queue_depths"] = depths
     registry.register(metrics.QueueDepthCollector(depths, queues))
+    registry.register(metrics.FairShareCollector(res.fair))
     registry.register(metrics.CacheStatsCollector(res.redis, res.keys))
     app.extensions["conveyor.metrics"] = registry
     metrics.instrument_pool(res.engine, "main")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from bench import event_streams, live_views, machine, report, tuning_off, wrk
+from bench import event_streams, fairness, live_views, machine, report, tuning_off, wrk
 from bench import tracing as tracing_bench
 from bench.client import ApiClient, login
 from bench.report import Figure
@@ -29,7 +29,7 @@ from infra.settings import Settings
 IDEAL_AI = Figure("", "ideal", 100.0, "jobs/s")
 
 # Scenario groups `--only` can pick.
-GROUPS = ("web", "drain", "ai", "streams", "tuning", "live", "tracing")
+GROUPS = ("web", "drain", "ai", "streams", "tuning", "live", "tracing", "fairness")
 
 # Variables a developer's shell may carry that would point the stack elsewhere.
 _INHERITED = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PROMETHEUS_MULTIPROC_DIR", "PORT")
@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.profile_ai(client)
         if "web" in only:
             wallet_on, wallet_off = bench.wallet(client.token, base, client)
+        fair_under = fair_idle = None
+        if "fairness" in only:
+            fair_under, fair_idle = fairness.measure(bench, base, run_id)
         tracing_ratios: list[tuple] = []
         if "tracing" in only:
             # Submit and drain with tracing off, on (100%) and on (1%): bench/tracing.py.
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             ("AI, 1 s upstream, concurrency 100 / ideal 100 jobs/s", ai_slow, IDEAL_AI),
             *tuning_off.ratios(conveyor, stock, bench.figure("Ledger worker", "drain rate")),
             *tracing_ratios,
+            ("small user's AI job under 8 users' flood / idle (goal <= 2)", fair_under, fair_idle),
         ]
         pg_version = db.query("SHOW server_version")[0][0]
         page = report.markdown(

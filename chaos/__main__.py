@@ -25,6 +25,7 @@ SCENARIOS = {
     "postgres-outage": "chaos.postgres_outage",
     "lost-host": "chaos.lost_host",
     "failover": "chaos.failover",
+    "fairness": "chaos.fairness",
 }
 
 

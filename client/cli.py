@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from client import admin_failed, config
+from client import admin_failed, admin_fair_share, config
 from client.core import STATES, ConveyorClient
 from client.errors import ConveyorError, WaitTimeout
 from client.terminal import ProgressBar, err, out, print_error, stdout_at_least
@@ -369,3 +369,5 @@ def cancel(ctx: click.Context, task_id: str, as_json: bool) -> None:
 
 
 main.add_command(admin_failed.admin)  # `conveyor admin failed list|replay` (client/admin_failed.py)
+# `conveyor admin fair-share show|set|reset` (client/admin_fair_share.py), under `admin`.
+admin_failed.admin.add_command(admin_fair_share.fair_share)

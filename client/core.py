@@ -179,6 +179,23 @@ class ConveyorClient:
             body["filter"] = {k: v for k, v in (filters or {}).items() if v is not None}
         return self._call("POST", "/api/v1/system/failed-jobs/replay", body)
 
+    def fair_share(self, user_id: int) -> dict[str, Any]:
+        """A user's weight and running cap on each fair queue (admin)."""
+        return self._call("GET", f"/api/v1/admin/users/{user_id}/fair-share")
+
+    def set_fair_share(
+        self, user_id: int, queue: str, *, weight: int = 1, max_running: int | None = None
+    ) -> dict[str, Any]:
+        """Set a user's weight and running cap on `queue` (admin); None: the queue's default."""
+        body = {"queue": queue, "weight": weight, "max_running": max_running}
+        return self._call("PUT", f"/api/v1/admin/users/{user_id}/fair-share", body)
+
+    def reset_fair_share(self, user_id: int, queue: str) -> dict[str, Any]:
+        """Give a user the defaults on `queue` again (admin)."""
+        return self._call(
+            "DELETE", f"/api/v1/admin/users/{user_id}/fair-share", params={"queue": queue}
+        )
+
     def transactions(self, *, page: int = 1, limit: int = 50) -> dict[str, Any]:
         """The caller's ledger entries, newest first (`items`, `page`, `limit`, `total`)."""
         return self._call("GET", "/api/v1/transactions", params={"page": page, "limit": limit})

@@ -154,6 +154,20 @@ class Settings:
     # RATELIMIT_USER, so following a job never starves the rest of the API.
     ratelimit_poll: str = _env("RATELIMIT_POLL", default="600/minute")
     queue_max_depth: int = _env("QUEUE_MAX_DEPTH", default=10000)
+    # Fair share (shared/jobs/fair.py): how many of one user's jobs of a queue
+    # may be on the broker or running at once (0: no cap; the fair order
+    # already shares the workers, and a cap would idle them when others wait
+    # for nothing). Per-user overrides: PUT /api/v1/admin/users/<id>/fair-share.
+    ai_user_concurrency: int = _env("AI_USER_CONCURRENCY", default=0)
+    ledger_user_concurrency: int = _env("LEDGER_USER_CONCURRENCY", default=0)
+    # Jobs a fair queue keeps on the broker while no worker advertises its
+    # slots (none started yet): they reach the broker as before fair share.
+    fair_idle_window: int = _env("FAIR_IDLE_WINDOW", default=100)
+    # Jobs of a fair queue let onto the broker at once (0: the live workers'
+    # advertised slots, each worker its concurrency plus FAIR_SLOT_MARGIN).
+    fair_window_ai: int = _env("FAIR_WINDOW_AI", default=0)
+    fair_window_ledger: int = _env("FAIR_WINDOW_LEDGER", default=0)
+    fair_slot_margin: int = _env("FAIR_SLOT_MARGIN", default=1)
     # Where rate-limit counters live; empty means REDIS_URL. A separate Redis
     # keeps limiter traffic off the broker's server when that matters.
     ratelimit_storage_url: str = _env("RATELIMIT_STORAGE_URL", default="")

@@ -238,3 +238,22 @@ class FailedJobReplayItem(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(String(500))
     failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FairShare(Base):
+    """One user's share of one fair queue: a weight and a running cap (shared/jobs/fair.py)."""
+
+    __tablename__ = "fair_shares"
+    __table_args__ = (
+        CheckConstraint("weight >= 1", name="ck_fair_shares_weight"),
+        CheckConstraint("max_running IS NULL OR max_running >= 0", name="ck_fair_shares_cap"),
+    )
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    queue: Mapped[str] = mapped_column(String(32), primary_key=True)
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+    # None: the queue's default (AI_USER_CONCURRENCY, ...); 0: no cap.
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

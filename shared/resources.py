@@ -17,6 +17,7 @@ from infra.slow_queries import SlowQueryLog, instrument_engine
 from shared.accounts import PasswordHasher, TokenVerifier
 from shared.caches.store import Cache
 from shared.jobs import StatusStore
+from shared.jobs.fair import FairLines
 from shared.notifications import Notifications
 
 # The autocommit pool: at most this many connections per process, all kept
@@ -44,6 +45,8 @@ class Resources:
     redis: redis.Redis
     keys: Keys
     statuses: StatusStore
+    # The fair lines of the ai and ledger queues (shared/jobs/fair.py).
+    fair: FairLines
     notifications: Notifications
     cache: Cache
     tokens: TokenVerifier
@@ -76,6 +79,7 @@ class Resources:
             redis=client,
             keys=keys,
             statuses=StatusStore(client, keys),
+            fair=FairLines(client, settings),
             notifications=Notifications(
                 client,
                 keys,

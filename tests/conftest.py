@@ -146,6 +146,9 @@ def _no_jobs_left_on_shared_queues(redis_client: redis.Redis) -> Iterator[None]:
     def clear() -> None:
         names = [name for queue in QUEUES for name in keys.queue_lists(REDIS_PREFIX, queue)]
         redis_client.delete(*names, keys.unacked(REDIS_PREFIX), keys.unacked_index(REDIS_PREFIX))
+        from tests.support.workers import clear_fair_lines
+
+        clear_fair_lines(redis_client, REDIS_PREFIX)
 
     clear()
     yield

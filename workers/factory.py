@@ -61,11 +61,12 @@ def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
 def wire_process(settings: Settings) -> None:
     """Connect the worker's signal handlers and install its adjustments (idempotent)."""
     from infra import gevent_support
-    from workers import ai_runtime, observability, runtime, tracing
+    from workers import ai_runtime, fair_gate, observability, runtime, tracing
 
     observability.install()
     tracing.install()
     runtime.install()
+    fair_gate.install()
     ai_runtime.install()
     # `worker_ai` runs `-P gevent`: Celery monkey-patches before importing the
     # app, and psycopg2 must then yield to other greenlets while it waits.

@@ -24,6 +24,7 @@ from shared.jobs.lifecycle import queue_outcome, queue_webhooks
 from shared.ledger import job_posting
 from shared.ledger.wallet_cache import user_scope
 from tuning.celery_ledger_batches import Item
+from workers import fair_gate
 from workers.runtime import resources
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,11 @@ def _run_batch(task: Task, items: list[Item], contexts: list[dict] | None = None
         if job_id is None or outcomes[job_id].refused or job_id in cancelled
     ]
     _record(task, items, handed_back, time.perf_counter() - started)
+    back = set(handed_back)
+    # The batch ended these jobs outside Celery's task run: free their fair slots.
+    fair_gate.finished(
+        task.app, "ledger", [item.job_id for i, item in enumerate(items) if i not in back]
+    )
     return handed_back
 
 

@@ -26,6 +26,7 @@ from shared import jobs
 from shared.jobs import poison
 from shared.jobs import status as job_status
 from shared.jobs.lifecycle import announce_outcome
+from workers import fair_gate
 from workers.runtime import resources
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,15 @@ class LostRunRequest(Request):
             # Failed for good: its message is done with, not requeued.
             task_ready(self)
             self.acknowledge()
+            fair_gate.finished(self.task.app, _queue_of(self.task), [self.id])
             return None
         return super().on_failure(
             exc_info, send_failed_event=send_failed_event, return_ok=return_ok
         )
+
+
+def _queue_of(task: Task) -> str:
+    return jobs.KIND_QUEUES.get(task.name, "")
 
 
 class JobTask(Task):

@@ -9,12 +9,13 @@ from celery.signals import worker_process_init
 
 from infra.broker.publish import Publisher, build_publisher
 from infra.settings import Settings
+from shared.jobs.fair import FairPublisher
 from shared.jobs.kinds import QUEUES
 from shared.resources import Resources
 
 _lock = threading.Lock()
 _resources: dict[Settings, Resources] = {}
-_publishers: dict[Settings, Publisher] = {}
+_publishers: dict[Settings, FairPublisher] = {}
 
 
 def resources(app: Celery) -> Resources:
@@ -27,13 +28,20 @@ def resources(app: Celery) -> Resources:
         return res
 
 
-def publisher(app: Celery) -> Publisher:
-    """This process's job publisher for `app`'s broker (the same path the API submits through)."""
+def publisher(app: Celery) -> FairPublisher:
+    """This process's job publisher for `app`'s broker (the same path the API submits through).
+
+    Fair-queue jobs go through their users' lines (shared/jobs/fair.py), as
+    the API's do: a re-published job waits its turn, or goes straight on if
+    the gate had already released it.
+    """
     settings: Settings = app.conf.conveyor_settings
+    fair = resources(app).fair
     with _lock:
         found = _publishers.get(settings)
         if found is None:
-            found = _publishers[settings] = build_publisher(settings, QUEUES)
+            inner: Publisher = build_publisher(settings, QUEUES)
+            found = _publishers[settings] = FairPublisher(inner, fair)
         return found
 
 

@@ -13,6 +13,7 @@ import logging
 import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
+from api.admission import queue_depths
 from api.errors import ApiError, not_found
 from api.extensions import resources
 from api.limits import poll_limited, suggest_poll_interval
@@ -22,6 +23,7 @@ from api.responses import TaskPage, TaskStatus
 from api.schemas import TaskListQuery
 from api.security import current_identity, require_auth
 from shared import jobs
+from shared.jobs import fair
 from shared.jobs import status as job_status
 from tuning.redis_reads import LeanReads
 
@@ -71,7 +73,7 @@ def get_task(task_id: str) -> Response:
     estimate = None
     if status["state"] == "PENDING" and live is not None and live.ticket is not None:
         try:
-            estimate = res.statuses.estimate(live.queue, live.ticket)
+            estimate = _estimate(res, owner_id, live)
         except redis.RedisError:
             estimate = None  # an estimate is a courtesy; the poll still answers
     status = job_status.with_estimate(status, estimate)
@@ -79,6 +81,18 @@ def get_task(task_id: str) -> Response:
     if status["state"] not in jobs.TERMINAL:
         suggest_poll_interval(response, job_status.suggested_poll_seconds(status))
     return response
+
+
+def _estimate(res, owner_id: int, live: job_status.LiveDocument) -> job_status.Estimate:
+    """A PENDING job's place: in the fair order while it waits in a line, else by its ticket."""
+    if live.queue in fair.FAIR_QUEUES:
+        document = json.loads(live.document)
+        place = res.fair.position(live.queue, owner_id, document["task_id"])
+        if place is not None:
+            # Behind the jobs already on the broker, then its place among the lines.
+            on_broker = queue_depths().inner.depth(live.queue)
+            return res.statuses.estimate_at(live.queue, on_broker + place.ahead, place.reason)
+    return res.statuses.estimate(live.queue, live.ticket)
 
 
 @bp.get("")
@@ -129,4 +143,16 @@ def cancel_task(task_id: str) -> tuple[Response, int]:
             {"state": exc.status["state"]},
         ) from None
     job_status.publish(res.statuses, owner_id, status)
+    _leave_line(res, owner_id, status)
     return jsonify(job_status.with_estimate(status, None)), 202
+
+
+def _leave_line(res, owner_id: int, status: dict) -> None:
+    """A cancelled job waiting in its fair line leaves it (else the worker skips it)."""
+    queue = jobs.KIND_QUEUES.get(status.get("kind") or "")
+    if queue not in fair.FAIR_QUEUES:
+        return
+    try:
+        res.fair.remove(queue, owner_id, status["task_id"])
+    except redis.RedisError:
+        log.warning("cancelled job %s left in its fair line: Redis unavailable", status["task_id"])

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from shared.jobs.kinds import KIND_QUEUES
 from shared.jobs.model import (
+    TERMINAL,
     UNFINISHED,
     IdempotencyKeyReused,
     JobAlreadyFinished,
@@ -254,3 +255,17 @@ def remember_trace_parents(conn: Connection, traced: list[tuple[str, str]]) -> N
 def trace_parent(session: Session, job_id: uuid.UUID) -> str | None:
     """The traceparent the job's submit was traced under (None: untraced, or not sampled)."""
     return session.scalar(select(Job.trace_parent).where(Job.id == job_id))
+
+
+def republish_details(session: Session, job_id: uuid.UUID) -> tuple[int | None, str | None]:
+    """The job's owner and the traceparent its submit was traced under, for a re-publish."""
+    row = session.execute(select(Job.owner_id, Job.trace_parent).where(Job.id == job_id)).first()
+    return (None, None) if row is None else (row.owner_id, row.trace_parent)
+
+
+def ended_among(session: Session, job_ids: list[uuid.UUID]) -> set[str]:
+    """Which of `job_ids` have ended: a terminal row, or no row (expired, deleted)."""
+    live = set(
+        session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.state.not_in(TERMINAL)))
+    )
+    return {str(job_id) for job_id in job_ids if job_id not in live}

@@ -42,7 +42,7 @@ STATUS_TTL_SECONDS = 24 * 3600
 STALE_AFTER = timedelta(seconds=60)
 
 
-NO_ESTIMATE = {"queue_position": None, "eta_seconds": None}
+NO_ESTIMATE = {"queue_position": None, "eta_seconds": None, "waiting_for": None}
 
 
 class LiveDocument(NamedTuple):
@@ -59,6 +59,9 @@ class Estimate(NamedTuple):
 
     queue_position: int
     eta_seconds: int | None
+    # Why it waits: "own_jobs" (behind its user's earlier jobs), "user_cap"
+    # (its user is at the running cap) or "worker" (for a free worker).
+    waiting_for: str | None = None
 
 
 def _compact(document: dict[str, Any]) -> str:
@@ -244,11 +247,16 @@ class StatusStore:
         pipe.llen(self._queue_key(queue, "claims"))
         claimed, newest, oldest, samples = pipe.execute()
         position = max(0, ticket - int(claimed or 0) - 1)
-        eta = None
-        if samples >= 2 and int(newest) > int(oldest):
-            per_second = (samples - 1) / ((int(newest) - int(oldest)) / 1000)
-            eta = math.ceil((position + 1) / per_second)
-        return Estimate(position, eta)
+        return Estimate(position, _eta(position, newest, oldest, samples), "worker")
+
+    def estimate_at(self, queue: str, position: int, waiting_for: str) -> Estimate:
+        """A job `position` places from the front (the fair order's), with its ETA; O(1)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.lindex(self._queue_key(queue, "claims"), 0)
+        pipe.lindex(self._queue_key(queue, "claims"), -1)
+        pipe.llen(self._queue_key(queue, "claims"))
+        newest, oldest, samples = pipe.execute()
+        return Estimate(position, _eta(position, newest, oldest, samples), waiting_for)
 
     def progress(
         self, owner_id: int, status: dict[str, Any], percent: int, message: str
@@ -263,6 +271,14 @@ class StatusStore:
         }
         self.write(owner_id, updated, event="progress")
         return updated
+
+
+def _eta(position: int, newest: Any, oldest: Any, samples: int) -> int | None:
+    """Seconds until the job `position` places from the front starts, by the recent claim rate."""
+    if samples >= 2 and int(newest) > int(oldest):
+        per_second = (samples - 1) / ((int(newest) - int(oldest)) / 1000)
+        return math.ceil((position + 1) / per_second)
+    return None
 
 
 def with_estimate(status: dict[str, Any], estimate: Estimate | None) -> dict[str, Any]:

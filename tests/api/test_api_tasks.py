@@ -96,6 +96,7 @@ def test_submit_answers_202_with_location_and_pending_status(client, make_user):
         "error",
         "queue_position",
         "eta_seconds",
+        "waiting_for",
     }
 
 

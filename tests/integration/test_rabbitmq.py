@@ -90,11 +90,15 @@ def amqp_celery(amqp_settings):
 
 
 @pytest.fixture
-def idle(broker_url) -> Iterator[None]:
-    """No worker runs; every queue starts and ends empty."""
+def idle(broker_url, settings, redis_client) -> Iterator[None]:
+    """No worker runs; every queue starts and ends empty (the fair lines too)."""
+    from tests.support.workers import clear_fair_lines
+
     purge(broker_url, *QUEUES)
+    clear_fair_lines(redis_client, settings.redis_key_prefix)
     yield
     purge(broker_url, *QUEUES)
+    clear_fair_lines(redis_client, settings.redis_key_prefix)
 
 
 @pytest.fixture

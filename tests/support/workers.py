@@ -40,3 +40,14 @@ def running_worker(
 
 def queue_depth(redis_client, prefix: str, queue: str) -> int:
     return redis_client.llen(f"{prefix}{queue}")
+
+
+def clear_fair_lines(redis_client, prefix: str) -> None:
+    """Empty the fair lines under `prefix` (their jobs' messages were purged); slots kept."""
+    fair = [
+        key
+        for key in redis_client.scan_iter(match=f"{prefix}fair:*", count=1000)
+        if not key.endswith(":slots")
+    ]
+    if fair:
+        redis_client.delete(*fair)

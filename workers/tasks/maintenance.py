@@ -9,7 +9,7 @@ from celery import Celery, Task, shared_task
 from infra import tracing
 from infra.broker.inflight import broker_in_flight
 from shared import maintenance
-from shared.jobs import kinds, records
+from shared.jobs import fair, fair_shares, kinds, records
 from workers.runtime import publisher, resources
 from workers.tasks.webhooks import outbox as webhook_outbox
 
@@ -27,8 +27,11 @@ def republish(app: Celery) -> maintenance.Publish:
 
     def publish(kind: str, job_id: str, queue: str) -> None:
         with res.sessions() as session:
-            stored = records.trace_parent(session, uuid.UUID(job_id))
-        headers = {"traceparent": stored} if stored else {}
+            owner_id, stored = records.republish_details(session, uuid.UUID(job_id))
+        # The owner names the job's fair line (shared/jobs/fair.py).
+        headers: dict = {"user_id": owner_id}
+        if stored:
+            headers["traceparent"] = stored
         with tracing.span(
             f"publish {kind}",
             kind="producer",
@@ -70,7 +73,16 @@ def expire_notifications(self: Task) -> dict:
 def redispatch_lost(self: Task) -> dict:
     """Re-publish PENDING jobs whose broker message is gone."""
     res = resources(self.app)
-    in_flight = broker_in_flight(res.settings, res.redis)
+    jobs_publisher = publisher(self.app)
+    # The cached shares re-synced from the table (a Redis that lost them heals).
+    with res.sessions() as session:
+        fair_shares.sync(session, res.fair)
+    # Slots whose finish was lost are freed first, so their lines move on.
+    freed = {
+        queue: fair.reconcile(jobs_publisher, queue, lambda ids: _ended(res, ids))
+        for queue in fair.FAIR_QUEUES
+    }
+    in_flight = fair.FairInFlight(broker_in_flight(res.settings, res.redis), res.fair)
     try:
         ids = maintenance.redispatch_lost(
             res.sessions,
@@ -85,7 +97,13 @@ def redispatch_lost(self: Task) -> dict:
         )
     finally:
         in_flight.close()
-    return {"redispatched": ids}
+    return {"redispatched": ids, "fair_slots_freed": freed}
+
+
+def _ended(res, job_ids: list[str]) -> set[str]:
+    """Which of `job_ids` have ended (a terminal row, or none at all)."""
+    with res.sessions() as session:
+        return records.ended_among(session, [uuid.UUID(job_id) for job_id in job_ids])
 
 
 @shared_task(name="maintenance.reap_stuck", **MAINTENANCE)

@@ -1,0 +1,117 @@
+"""Scenario 6: fair share under fire: busy users' backlog, worker kills, a small user served early.
+
+Eight busy users keep the ledger worker's backlog long (a burst faster than
+it drains) while prefork children are SIGKILLed and the whole worker once; a
+ninth user submits a job now and then. Every accepted job must end terminal
+exactly once (the common invariants), and each of the small user's jobs must
+start before the busy users' backlog: few busy jobs start between its submit
+and its own start (about one window), not the whole backlog.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+from bench.client import ApiClient
+from bench.stack import BenchDatabase
+from bench.users import create_users
+from chaos import invariants, scenario
+from chaos.load import Load, fund_users, plan
+from chaos.scenario import Context, Result
+from chaos.stack import Conveyor, RedisServer, child_pids, conveyor_env
+
+NAME = "fairness"
+JOBS = 1600
+RATE = 200.0  # jobs/s submitted: faster than the worker drains, so a backlog builds
+SMALL_EVERY = 2.0  # seconds between the small user's jobs
+CHILD_KILL_EVERY = 4.0
+# Busy jobs allowed to start between a small job's submit and its start: the
+# window (the worker's slots and margin) a few times over, for the kills.
+MAX_OVERTAKEN = 60
+
+
+def _overtaken(db: BenchDatabase, small: list[str], busy: list[str]) -> list[int]:
+    """For each small job: busy jobs that started after its submit and before its own start."""
+    rows = db.query(
+        "SELECT s.id::text, count(b.id) FROM jobs s LEFT JOIN jobs b"
+        " ON b.id = ANY(%s::uuid[]) AND b.started_at > s.created_at AND b.started_at < s.started_at"
+        " WHERE s.id = ANY(%s::uuid[]) GROUP BY s.id",
+        (busy, small),
+    )
+    return [int(count) for _, count in rows]
+
+
+def run(ctx: Context) -> Result:
+    db = BenchDatabase(ctx.postgres_admin_dsn, "127.0.0.1", f"conveyor_chaos_{ctx.run_id}_fair")
+    db.create()
+    ctx.later(db.drop)
+    redis_server = RedisServer(ctx.procs, ctx.work_dir / "redis")
+    redis_server.start()
+    env = conveyor_env(db.url, redis_server.url, ctx.work_dir)
+    conveyor = Conveyor(ctx.procs, env)
+    base = conveyor.start_web()
+    conveyor.start_beat()
+    conveyor.start_worker("worker")
+    conveyor.wait_worker_ready("worker")
+
+    tokens = create_users(env, f"chaos_{ctx.run_id}_f", scenario.USERS)
+    (small_token,) = create_users(env, f"chaos_{ctx.run_id}_small", 1)
+    small_client = ApiClient(base, small_token)
+    load = Load(base, tokens, plan(JOBS, len(tokens), seed=6), rate=RATE)
+    load.accepted.update(fund_users(base, tokens, scenario.FUNDING))
+    rng = random.Random(6)
+    violations: list[str] = []
+    small: list[str] = []
+    kills = whole_kills = 0
+    load.start()
+    next_kill = time.monotonic() + CHILD_KILL_EVERY
+    next_small = time.monotonic() + SMALL_EVERY
+    while load.submitted < len(load.jobs):
+        worker = conveyor.worker_pid("worker")
+        now = time.monotonic()
+        if not whole_kills and load.submitted >= len(load.jobs) // 2 and worker:
+            os.killpg(worker, signal.SIGKILL)  # the supervisor starts a fresh one
+            whole_kills += 1
+        elif now >= next_kill:
+            children = child_pids(worker) if worker else []
+            if children:
+                os.kill(rng.choice(children), signal.SIGKILL)
+                kills += 1
+            next_kill += CHILD_KILL_EVERY
+        if now >= next_small:
+            status, body = small_client.request(
+                "POST", "/api/v1/transactions", {"type": "credit", "amount": 1}
+            )
+            if status == 202:
+                small.append(body["task_id"])
+            next_small += SMALL_EVERY
+        time.sleep(0.05)
+    load.finish(timeout=60)
+
+    found, counts = scenario.check(load, db)
+    violations += found
+    violations += invariants.wait_terminal(db, small, scenario.SETTLE_SECONDS)
+    violations += [f"small user's job doubled: {n}" for n in [invariants.doubled(db, small)] if n]
+    busy = [job_id for job_id in load.accepted if job_id not in set(small)]
+    overtaken = _overtaken(db, small, busy)
+    if not small:
+        violations.append("the small user's jobs were all refused")
+    elif max(overtaken) > MAX_OVERTAKEN:
+        violations.append(
+            f"a small user's job waited behind {max(overtaken)} busy jobs (> {MAX_OVERTAKEN})"
+        )
+    figures = scenario.common_figures(load, counts, db)
+    figures.update(
+        {
+            "small-jobs": len(small),
+            "small-overtaken-max": max(overtaken) if overtaken else "n/a",
+            "kills": kills,
+            "whole-worker-kills": whole_kills,
+            "worker-restarts": len(conveyor.restarts("worker")),
+            "elapsed": ctx.elapsed(),
+        }
+    )
+    return Result(NAME, figures, violations)
