@@ -2,10 +2,12 @@
 
 `start(settings, process)` starts the process's exporter (infra/tracing.py)
 before anything builds an engine or a Redis client; `instrument(app)` then
-wraps the app with OpenTelemetry's maintained Flask instrumentation: an
-incoming W3C `traceparent` is continued, otherwise a trace starts, and every
-traced response carries `X-Trace-Id`. Probes and /metrics are not traced.
-Both do nothing while tracing is off.
+wraps the app with OpenTelemetry's maintained Flask instrumentation behind
+an edge gate that decides head sampling once per request: an incoming W3C
+`traceparent` is continued (its sampled flag followed), otherwise a trace
+starts; only sampled requests meet the instrumentation, and every response
+carries `X-Trace-Id`. Probes and /metrics are not traced. Both do nothing
+while tracing is off.
 
 A stream's Flask span ends when the view returns its generator, long before
 the stream does (opentelemetry-python-contrib#3401): `stream_span` is a span
@@ -86,19 +88,22 @@ class EdgeGate:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("PATH_INFO") in _UNTRACED_PATHS:
             return self.plain(environ, start_response)
-        sampled, context = tracing.head_sample(environ.get("HTTP_TRACEPARENT"))
+        sampled, context, trace_id = tracing.head_sample(environ.get("HTTP_TRACEPARENT"))
         if sampled:
             environ[SAMPLED] = True
             with tracing.edge_sampled():
                 return self.instrumented(environ, start_response)
-        header = ("X-Trace-Id", tracing.trace_id_in(context))
+        header = ("X-Trace-Id", trace_id)
 
         def answer(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
             headers.append(header)
             return start_response(status, headers, *exc_info)
 
-        with tracing.attached(context):
+        token = tracing.attach(context)
+        try:
             return self.plain(environ, answer)
+        finally:
+            tracing.detach(token)
 
 
 def _trace_id_header(span: Any, _status: str, response_headers: list[tuple[str, str]]) -> None:

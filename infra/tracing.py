@@ -55,7 +55,7 @@ def configure(settings: Any, process: str) -> bool:
     the exporter's thread belongs to the process that started it. False when
     tracing is off (OTEL_TRACES_EXPORTER unset or `none`).
     """
-    global ACTIVE, _provider, _pid, _head, _IDS
+    global ACTIVE, _provider, _pid, _head, _IDS, _edge
     if not settings.tracing:
         return False
     if ACTIVE and _pid == os.getpid():
@@ -74,7 +74,7 @@ def configure(settings: Any, process: str) -> bool:
             "process.pid": os.getpid(),
         }
     )
-    _head, _IDS = _sampler(settings), RandomIdGenerator()
+    _head, _IDS, _edge = _sampler(settings), RandomIdGenerator(), _EdgeParts()
     provider = TracerProvider(resource=resource, sampler=_edge_decided(_head))
     exporter = _otlp_exporter(settings) if settings.otel_traces_exporter == "otlp" else None
     provider.add_span_processor(
@@ -138,8 +138,8 @@ def _edge_decided(inner: Any) -> Any:
     return EdgeDecided()
 
 
-def head_sample(traceparent: str | None) -> tuple[bool, Any]:
-    """Decide once, at the edge, whether a request's trace is sampled: (sampled, context).
+def head_sample(traceparent: str | None) -> tuple[bool, Any, str]:
+    """Decide once, at the edge, whether a request's trace is sampled: (sampled, context, trace id).
 
     Parent-based as configured: an incoming `traceparent` is asked to the
     sampler as the parent (its sampled flag decides under `parentbased_*`).
@@ -149,33 +149,51 @@ def head_sample(traceparent: str | None) -> tuple[bool, Any]:
     and pays for no span. Sampled, `context` is None: the instrumented path
     starts the trace (`edge_sampled`).
     """
-    from opentelemetry import context as otel_context
-    from opentelemetry import trace
-    from opentelemetry.instrumentation.utils import suppress_instrumentation
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-
+    otel = _edge
     parent = extract({"traceparent": traceparent}) if traceparent else None
-    caller = trace.get_current_span(parent).get_span_context() if parent is not None else None
+    caller = otel.get_current_span(parent).get_span_context() if parent is not None else None
     if caller is not None and not caller.is_valid:
         parent, caller = None, None
-    ids = _IDS
-    trace_id = caller.trace_id if caller is not None else ids.generate_trace_id()
-    decision = _head.should_sample(parent, trace_id, "edge", trace.SpanKind.SERVER)
-    if decision.decision.is_sampled():
-        return True, None
-    span = NonRecordingSpan(
-        SpanContext(
+    trace_id = caller.trace_id if caller is not None else _IDS.generate_trace_id()
+    if _head.should_sample(parent, trace_id, "edge", otel.SERVER).decision.is_sampled():
+        return True, None, ""
+    span = otel.NonRecordingSpan(
+        otel.SpanContext(
             trace_id,
-            ids.generate_span_id(),
+            _IDS.generate_span_id(),
             is_remote=False,
-            trace_flags=TraceFlags(TraceFlags.DEFAULT),
+            trace_flags=otel.UNSAMPLED,
             trace_state=caller.trace_state if caller is not None else None,
         )
     )
-    # The current context inside suppress_instrumentation() carries its flag:
-    # redis-py's and SQLAlchemy's instrumentations then make no span at all.
-    with suppress_instrumentation():
-        return False, trace.set_span_in_context(span, otel_context.get_current())
+    return False, otel.set_span_in_context(span, otel.suppressed), f"{trace_id:032x}"
+
+
+class _EdgeParts:
+    """What `head_sample` uses, looked up once (it runs on every request)."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+        self.get_current_span, self.set_span_in_context = (
+            trace.get_current_span, trace.set_span_in_context
+        )  # fmt: skip
+        self.NonRecordingSpan, self.SpanContext = trace.NonRecordingSpan, trace.SpanContext
+        self.SERVER, self.UNSAMPLED = trace.SpanKind.SERVER, trace.TraceFlags(0)
+        self.attach, self.detach = otel_context.attach, otel_context.detach
+        # A context carrying suppress_instrumentation()'s flag, and nothing else:
+        # redis-py's and SQLAlchemy's instrumentations make no span inside it.
+        token = otel_context.attach(otel_context.Context())
+        try:
+            with suppress_instrumentation():
+                self.suppressed = otel_context.get_current()
+        finally:
+            otel_context.detach(token)
+
+
+_edge: Any = None
 
 
 @contextlib.contextmanager
@@ -188,16 +206,13 @@ def edge_sampled() -> Iterator[None]:
         _EDGE_SAMPLED.reset(token)
 
 
-@contextlib.contextmanager
-def attached(context: Any) -> Iterator[None]:
-    """`context` current inside the block (an unsampled request's, from `head_sample`)."""
-    from opentelemetry import context as otel_context
+def attach(context: Any) -> Any:
+    """Make `context` current (an unsampled request's, from `head_sample`); `detach` the token."""
+    return _edge.attach(context)
 
-    token = otel_context.attach(context)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
+
+def detach(token: Any) -> None:
+    _edge.detach(token)
 
 
 def suppressed() -> contextlib.AbstractContextManager[Any]:
@@ -207,13 +222,6 @@ def suppressed() -> contextlib.AbstractContextManager[Any]:
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     return suppress_instrumentation()
-
-
-def trace_id_in(context: Any) -> str:
-    """The trace id (hex) of the span a context holds (`head_sample`'s)."""
-    from opentelemetry import trace
-
-    return f"{trace.get_current_span(context).get_span_context().trace_id:032x}"
 
 
 def _otlp_exporter(settings: Any) -> Any:
@@ -414,6 +422,13 @@ def inject(headers: dict[str, Any], within: Any = None) -> dict[str, Any]:
         return headers
     from opentelemetry import trace
     from opentelemetry.propagate import inject as otel_inject
+
+    if within is None:
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid and not current.trace_flags.sampled and not current.trace_state:
+            # Micro-optimization: an unsampled trace's traceparent, without the propagators.
+            headers["traceparent"] = f"00-{current.trace_id:032x}-{current.span_id:016x}-00"
+            return headers
 
     context = trace.set_span_in_context(within) if within is not None else None
     otel_inject(headers, context=context)
