@@ -73,6 +73,8 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
     )
     if publish_span is not None:
         tracing.inject(headers, within=publish_span)
+    elif tracing.ACTIVE:  # an unsampled request's trace id still goes on with its job
+        tracing.inject(headers)
     outcome = submit_batcher(app).run(
         PreparedJob(
             owner_id=owner_id,

@@ -2,10 +2,12 @@
 
 `start(settings, process)` starts the process's exporter (infra/tracing.py)
 before anything builds an engine or a Redis client; `instrument(app)` then
-wraps the app with OpenTelemetry's maintained Flask instrumentation: an
-incoming W3C `traceparent` is continued, otherwise a trace starts, and every
-traced response carries `X-Trace-Id`. Probes and /metrics are not traced.
-Both do nothing while tracing is off.
+wraps the app with OpenTelemetry's maintained Flask instrumentation behind
+an edge gate that decides head sampling once per request: an incoming W3C
+`traceparent` is continued (its sampled flag followed), otherwise a trace
+starts; only sampled requests meet the instrumentation, and every response
+carries `X-Trace-Id`. Probes and /metrics are not traced. Both do nothing
+while tracing is off.
 
 A stream's Flask span ends when the view returns its generator, long before
 the stream does (opentelemetry-python-contrib#3401): `stream_span` is a span
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 
 from infra import tracing
 
@@ -30,17 +32,78 @@ def start(settings: Any, process: str) -> bool:
 
 
 def instrument(app: Flask) -> None:
-    """Server spans for `app`'s requests (when tracing is on)."""
+    """Server spans for `app`'s sampled requests (when tracing is on); see `EdgeGate`."""
     if not tracing.ACTIVE:
         return
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
+    plain = app.wsgi_app
+    hooks = {id(f) for funcs in _hook_lists(app) for f in funcs}
     FlaskInstrumentor.instrument_app(
         app,
         tracer_provider=tracing.tracer_provider(),
         response_hook=_trace_id_header,
         excluded_urls=UNTRACED,
     )
+    # The instrumentation's own request hooks run only on the sampled path.
+    for funcs in _hook_lists(app):
+        funcs[:] = [f if id(f) in hooks else _only_sampled(f) for f in funcs]
+    app.wsgi_app = EdgeGate(plain, app.wsgi_app)  # type: ignore[method-assign]
+
+
+def _hook_lists(app: Flask) -> list[list[Any]]:
+    return [app.before_request_funcs.setdefault(None, []),
+            app.teardown_request_funcs.setdefault(None, [])]  # fmt: skip
+
+
+def _only_sampled(hook: Any) -> Any:
+    def gated(*args: Any) -> Any:
+        if request.environ.get(SAMPLED) is True:
+            return hook(*args)
+        return None
+
+    return gated
+
+
+SAMPLED = "conveyor.trace_sampled"  # the edge's decision, in the WSGI environ
+_UNTRACED_PATHS = frozenset(f"/{name}" for name in UNTRACED.split(","))
+
+
+class EdgeGate:
+    """Head sampling decided once per request, before any instrumentation.
+
+    Sampled (1 in 100 at OTEL_TRACES_SAMPLER_ARG=0.01, or a caller's sampled
+    `traceparent` under `parentbased_*`): the request goes through Flask's
+    instrumented app and its trace is exported in full, web -> worker.
+    Unsampled: it goes through the plain app, carrying only a non-recording
+    context (the caller's trace id, or a new one; flags 00) with the
+    instrumentations suppressed: no span, no attributes, no propagator on the
+    way in, yet it answers with `X-Trace-Id` and its jobs' messages carry the
+    `traceparent` (flags 00) that puts the trace id in their status documents.
+    """
+
+    def __init__(self, plain: Any, instrumented: Any) -> None:
+        self.plain, self.instrumented = plain, instrumented
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") in _UNTRACED_PATHS:
+            return self.plain(environ, start_response)
+        sampled, context, trace_id = tracing.head_sample(environ.get("HTTP_TRACEPARENT"))
+        if sampled:
+            environ[SAMPLED] = True
+            with tracing.edge_sampled():
+                return self.instrumented(environ, start_response)
+        header = ("X-Trace-Id", trace_id)
+
+        def answer(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            headers.append(header)
+            return start_response(status, headers, *exc_info)
+
+        token = tracing.attach(context)
+        try:
+            return self.plain(environ, answer)
+        finally:
+            tracing.detach(token)
 
 
 def _trace_id_header(span: Any, _status: str, response_headers: list[tuple[str, str]]) -> None:

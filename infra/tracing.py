@@ -23,6 +23,7 @@ span as long as the stream). Trace context travels as W3C `traceparent` /
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -38,6 +39,13 @@ _NO_SPAN = contextlib.nullcontext()
 _KINDS = ("internal", "server", "client", "producer", "consumer")
 # W3C trace context, as message headers (and the upstream's HTTP headers).
 TRACE_HEADERS = ("traceparent", "tracestate")
+# The configured sampler (OTEL_TRACES_SAMPLER), asked once per request at the edge.
+_head: Any = None
+_IDS: Any = None  # the SDK's random trace and span ids, for the edge's unsampled requests
+# True while a request the edge sampled runs its instrumented path: its root span is kept.
+_EDGE_SAMPLED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "conveyor_edge_sampled", default=False
+)
 
 
 def configure(settings: Any, process: str) -> bool:
@@ -47,7 +55,7 @@ def configure(settings: Any, process: str) -> bool:
     the exporter's thread belongs to the process that started it. False when
     tracing is off (OTEL_TRACES_EXPORTER unset or `none`).
     """
-    global ACTIVE, _provider, _pid
+    global ACTIVE, _provider, _pid, _head, _IDS, _edge
     if not settings.tracing:
         return False
     if ACTIVE and _pid == os.getpid():
@@ -56,6 +64,7 @@ def configure(settings: Any, process: str) -> bool:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
     resource = Resource.create(
         {
@@ -65,7 +74,8 @@ def configure(settings: Any, process: str) -> bool:
             "process.pid": os.getpid(),
         }
     )
-    provider = TracerProvider(resource=resource, sampler=_sampler(settings))
+    _head, _IDS, _edge = _sampler(settings), RandomIdGenerator(), _EdgeParts()
+    provider = TracerProvider(resource=resource, sampler=_edge_decided(_head))
     exporter = _otlp_exporter(settings) if settings.otel_traces_exporter == "otlp" else None
     provider.add_span_processor(
         BatchSpanProcessor(
@@ -98,6 +108,120 @@ def _sampler(settings: Any) -> Any:
     if name.startswith("parentbased_"):
         return sampling.ParentBased(root[name.removeprefix("parentbased_")])
     return root[name]
+
+
+def _edge_decided(inner: Any) -> Any:
+    """`inner`, except that the root span of a request the edge sampled is kept.
+
+    The edge (`head_sample`) has already decided with a trace id of its own; the
+    SDK would otherwise decide again for the server span's new trace id.
+    """
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import sampling
+
+    class EdgeDecided(sampling.Sampler):
+        def should_sample(
+            self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+            trace_state=None,
+        ):  # fmt: skip
+            if _EDGE_SAMPLED.get() and not (
+                trace.get_current_span(parent_context).get_span_context().is_valid
+            ):
+                return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE, attributes)
+            return inner.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+
+        def get_description(self) -> str:
+            return f"EdgeDecided{{{inner.get_description()}}}"
+
+    return EdgeDecided()
+
+
+def head_sample(traceparent: str | None) -> tuple[bool, Any, str]:
+    """Decide once, at the edge, whether a request's trace is sampled: (sampled, context, trace id).
+
+    Parent-based as configured: an incoming `traceparent` is asked to the
+    sampler as the parent (its sampled flag decides under `parentbased_*`).
+    Unsampled, `context` holds a non-recording span (the caller's trace id, or
+    a new one; flags 00) with the instrumentations suppressed: the request
+    still has a trace id to answer with and to pass on in its jobs' messages,
+    and pays for no span. Sampled, `context` is None: the instrumented path
+    starts the trace (`edge_sampled`).
+    """
+    otel = _edge
+    parent = extract({"traceparent": traceparent}) if traceparent else None
+    caller = otel.get_current_span(parent).get_span_context() if parent is not None else None
+    if caller is not None and not caller.is_valid:
+        parent, caller = None, None
+    trace_id = caller.trace_id if caller is not None else _IDS.generate_trace_id()
+    if _head.should_sample(parent, trace_id, "edge", otel.SERVER).decision.is_sampled():
+        return True, None, ""
+    span = otel.NonRecordingSpan(
+        otel.SpanContext(
+            trace_id,
+            _IDS.generate_span_id(),
+            is_remote=False,
+            trace_flags=otel.UNSAMPLED,
+            trace_state=caller.trace_state if caller is not None else None,
+        )
+    )
+    return False, otel.set_span_in_context(span, otel.suppressed), f"{trace_id:032x}"
+
+
+class _EdgeParts:
+    """What `head_sample` uses, looked up once (it runs on every request)."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+        self.get_current_span, self.set_span_in_context = (
+            trace.get_current_span, trace.set_span_in_context
+        )  # fmt: skip
+        self.NonRecordingSpan, self.SpanContext = trace.NonRecordingSpan, trace.SpanContext
+        self.SERVER, self.UNSAMPLED = trace.SpanKind.SERVER, trace.TraceFlags(0)
+        self.attach, self.detach = otel_context.attach, otel_context.detach
+        # A context carrying suppress_instrumentation()'s flag, and nothing else:
+        # redis-py's and SQLAlchemy's instrumentations make no span inside it.
+        token = otel_context.attach(otel_context.Context())
+        try:
+            with suppress_instrumentation():
+                self.suppressed = otel_context.get_current()
+        finally:
+            otel_context.detach(token)
+
+
+_edge: Any = None
+
+
+@contextlib.contextmanager
+def edge_sampled() -> Iterator[None]:
+    """Around a sampled request's instrumented path: its root span is kept (`head_sample`)."""
+    token = _EDGE_SAMPLED.set(True)
+    try:
+        yield
+    finally:
+        _EDGE_SAMPLED.reset(token)
+
+
+def attach(context: Any) -> Any:
+    """Make `context` current (an unsampled request's, from `head_sample`); `detach` the token."""
+    return _edge.attach(context)
+
+
+def detach(token: Any) -> None:
+    _edge.detach(token)
+
+
+def suppressed() -> contextlib.AbstractContextManager[Any]:
+    """No instrumentation's span inside the block (work of an unsampled trace)."""
+    if not ACTIVE:
+        return _NO_SPAN
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    return suppress_instrumentation()
 
 
 def _otlp_exporter(settings: Any) -> Any:
@@ -212,9 +336,17 @@ def span(
     `parent`: W3C headers (traceparent) to continue instead of the current
     context; `links`: other contexts this span relates to (a batch's jobs).
     """
-    if not ACTIVE:
+    if not ACTIVE or (parent is None and _in_unsampled_trace()):
         return _NO_SPAN
     return _span(name, kind, attributes, parent, links)
+
+
+def _in_unsampled_trace() -> bool:
+    # Micro-optimization: a child of an unsampled span would be dropped; no span at all.
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    return context.is_valid and not context.trace_flags.sampled
 
 
 @contextlib.contextmanager
@@ -240,8 +372,11 @@ def start_span(
     parent: Mapping[str, str] | None = None,
     links: list[Mapping[str, str]] | None = None,
 ) -> Any:
-    """A span the caller ends (`end_span`), not made current: one that outlives a block."""
-    if not ACTIVE:
+    """A span the caller ends (`end_span`), not made current: one that outlives a block.
+
+    None while tracing is off, and inside an unsampled trace (without `parent`).
+    """
+    if not ACTIVE or (parent is None and _in_unsampled_trace()):
         return None
     from opentelemetry import trace
 
@@ -288,6 +423,13 @@ def inject(headers: dict[str, Any], within: Any = None) -> dict[str, Any]:
     from opentelemetry import trace
     from opentelemetry.propagate import inject as otel_inject
 
+    if within is None:
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid and not current.trace_flags.sampled and not current.trace_state:
+            # Micro-optimization: an unsampled trace's traceparent, without the propagators.
+            headers["traceparent"] = f"00-{current.trace_id:032x}-{current.span_id:016x}-00"
+            return headers
+
     context = trace.set_span_in_context(within) if within is not None else None
     otel_inject(headers, context=context)
     return headers
@@ -307,7 +449,13 @@ def trace_id_of(traceparent: str | None) -> str | None:
 
 def is_sampled(traceparent: str | None) -> bool:
     """Whether a traceparent's flags say sampled (only those are worth keeping on the row)."""
-    return bool(traceparent) and trace_id_of(traceparent) is not None and traceparent.endswith("1")
+    # The flags are a hex byte: 01 sampled, 02 a random trace id (the SDK's roots say 03).
+    if trace_id_of(traceparent) is None:
+        return False
+    try:
+        return bool(int(traceparent[53:], 16) & 1)  # type: ignore[index]
+    except ValueError:
+        return False
 
 
 def current_ids() -> tuple[str, str] | None:

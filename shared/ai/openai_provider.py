@@ -226,7 +226,8 @@ class OpenAIProvider:
         with tracing.span(f"POST {path}", kind="client", attributes=attributes) as span:
             # The upstream may trace too: it continues ours.
             response = self._exchange(path, body, tracing.inject(dict(self._headers)))
-            span.set_attribute("gen_ai.request.model", self.model)
+            if span is not None:  # None inside an unsampled trace
+                span.set_attribute("gen_ai.request.model", self.model)
             return response
 
     def _exchange(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:

@@ -321,3 +321,29 @@ def test_a_retried_ai_job_stays_one_trace_across_its_attempts(stack, user, recei
     first, second = sorted((s for s in spans if s.name == "run/ai.text"), key=lambda s: s.start)
     # The retry was published from inside the first run (Celery's publish, instrumented).
     assert _descends(spans, second, first)
+
+
+def test_an_unsampled_request_is_not_instrumented_yet_keeps_its_trace_id(stack, user, receiver):
+    client, headers = user
+    # The caller decided not to sample (flags 00): parent-based, neither does Conveyor.
+    _sampled, unsampled_id, client_span = _traceparent()
+    accepted = _submit(client, headers, "/transactions", {"type": "credit", "amount": 2},
+                       f"00-{unsampled_id}-{client_span}-00")  # fmt: skip
+    assert accepted.headers["X-Trace-Id"] == unsampled_id  # the linkage docs/tracing.md promises
+    done = _wait_state(client, headers, accepted.json()["task_id"])
+    assert done["state"] == "SUCCESS" and done["trace_id"] == unsampled_id
+    # A sampled job after it: once its whole trace has arrived, each process has
+    # exported what it buffered before, and nothing of the unsampled one is there.
+    traceparent, trace_id, _client_span = _traceparent()
+    later = _submit(client, headers, "/transactions", {"type": "credit", "amount": 1}, traceparent)
+    assert _wait_state(client, headers, later.json()["task_id"])["state"] == "SUCCESS"
+    spans = receiver.wait_for(
+        lambda _all: (
+            (s := receiver.trace(trace_id))
+            and any(x.name == "run/ledger.transaction" for x in s)
+            and _settled(s)
+            and s
+        )
+    )
+    assert any(s.name == "submit flush" for s in spans)
+    assert receiver.trace(unsampled_id) == []
