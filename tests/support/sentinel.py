@@ -123,7 +123,13 @@ class SentinelSet:
         """Start a killed data node again as a replica of the current master (an operator's job)."""
         master = self.wait_new_master(port)
         self._start_data(port, "--replicaof", "127.0.0.1", str(master))
-        wait_until(lambda: self._replica_of(port, master), 60, f"{port} in sync again")
+        # The sentinels may move the master once more meanwhile (a loaded machine
+        # misses a ping): in sync with whichever master they agree on then.
+        wait_until(
+            lambda: self._replica_of(port, self._agreed_master() or master),
+            120,
+            f"{port} in sync again",
+        )
         wait_until(self._sentinels_agree, 60, "sentinels see it as a replica")
 
     def stop(self) -> None:
