@@ -258,7 +258,7 @@ def bench_user(settings) -> tuple[int, str]:
             user = accounts.register(session, res.hasher, "bench_streams", "bench-password-123",
                                      settings.default_currency)  # fmt: skip
             owner_id = user.id
-            token = accounts.issue_token(settings.signing_key, user, 3600)
+            token = accounts.issue_token(settings.signing_key, user, settings.token_ttl_seconds)
     finally:
         res.close()
     return owner_id, token

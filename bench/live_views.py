@@ -61,7 +61,8 @@ def _user(settings) -> tuple[int, str, str]:
         with res.sessions.begin() as session:
             name = f"bench_live_{time.monotonic_ns() % 10**8}"
             user = accounts.register(session, res.hasher, name, PASSWORD, settings.default_currency)
-            return user.id, name, accounts.issue_token(settings.signing_key, user, 3600)
+            token = accounts.issue_token(settings.signing_key, user, settings.token_ttl_seconds)
+            return user.id, name, token
     finally:
         res.close()
 

@@ -260,6 +260,8 @@ def _stack_env(database_url: str, redis_url: str, prefix: str, ai_base_url: str)
             "AI_API_KEY": "sk-bench-not-a-secret",
             "AI_BASE_URL": ai_base_url,
             "CACHE_ENABLED": "true",
+            # A full run outlasts the one-hour default; its tokens must not expire mid-poll.
+            "TOKEN_TTL_SECONDS": str(12 * 3600),
         }
     )
     return env

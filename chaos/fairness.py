@@ -1,11 +1,15 @@
 """Scenario 6: fair share under fire: busy users' backlog, worker kills, a small user served early.
 
-Eight busy users keep the ledger worker's backlog long (a burst faster than
-it drains) while prefork children are SIGKILLed and the whole worker once; a
-ninth user submits a job now and then. Every accepted job must end terminal
-exactly once (the common invariants), and each of the small user's jobs must
-start before the busy users' backlog: few busy jobs start between its submit
-and its own start (about one window), not the whole backlog.
+Eight busy users submit a burst while the ledger worker is stopped (SIGSTOP
+of its process group), so a long backlog waits in their lines when it
+resumes. While that backlog drains, prefork children are SIGKILLed every
+second (once a worker has run 5 s: a child killed while the pool starts ends
+the worker) and the whole worker once, at half the backlog, and a ninth user
+keeps one job at a time in flight: a fresh one as soon as its last has
+started. Every accepted job must end terminal exactly once
+(the common invariants), and each of the small user's jobs must start before
+the busy users' backlog: few busy jobs start between its submit and its own
+start (about one window), not the whole backlog.
 """
 
 from __future__ import annotations
@@ -22,12 +26,18 @@ from chaos import invariants, scenario
 from chaos.load import Load, fund_users, plan
 from chaos.scenario import Context, Result
 from chaos.stack import Conveyor, RedisServer, child_pids, conveyor_env
+from shared.jobs.model import UNFINISHED
 
 NAME = "fairness"
-JOBS = 1600
-RATE = 200.0  # jobs/s submitted: faster than the worker drains, so a backlog builds
-SMALL_EVERY = 2.0  # seconds between the small user's jobs
-CHILD_KILL_EVERY = 4.0
+JOBS = 4000
+# Submitted while the worker is stopped, within the 15 s its advertised slots
+# stay valid (past that the window would widen to FAIR_IDLE_WINDOW).
+RATE = 400.0
+CHILD_KILL_EVERY = 1.0
+# A worker younger than this is left alone: billiard gives up on a pool whose
+# children die while it starts ("Could not start worker processes").
+SETTLED_SECONDS = 5.0
+DRAIN_SECONDS = 180.0
 # Busy jobs allowed to start between a small job's submit and its start: the
 # window (the worker's slots and margin) a few times over, for the kills.
 MAX_OVERTAKEN = 60
@@ -42,6 +52,21 @@ def _overtaken(db: BenchDatabase, small: list[str], busy: list[str]) -> list[int
         (busy, small),
     )
     return [int(count) for _, count in rows]
+
+
+def _backlog(db: BenchDatabase) -> int:
+    """Jobs accepted and not yet finished."""
+    rows = db.query("SELECT count(*) FROM jobs WHERE state = ANY(%s)", (list(UNFINISHED),))
+    return int(rows[0][0])
+
+
+def _started(db: BenchDatabase, job_id: str) -> bool:
+    """Whether the job has started (or ended without starting)."""
+    rows = db.query(
+        "SELECT started_at IS NOT NULL OR NOT state = ANY(%s) FROM jobs WHERE id = %s",
+        (list(UNFINISHED), job_id),
+    )
+    return bool(rows and rows[0][0])
 
 
 def run(ctx: Context) -> Result:
@@ -66,28 +91,43 @@ def run(ctx: Context) -> Result:
     violations: list[str] = []
     small: list[str] = []
     kills = whole_kills = 0
-    load.start()
+
+    def submit_small() -> None:
+        status, body = small_client.request(
+            "POST", "/api/v1/transactions", {"type": "credit", "amount": 1}
+        )
+        if status == 202:
+            small.append(body["task_id"])
+
+    # The burst lands while the worker cannot take any of it: a backlog.
+    worker = conveyor.worker_pid("worker")
+    os.killpg(worker, signal.SIGSTOP)
+    try:
+        load.start()
+        load.wait_submitted(len(load.jobs), timeout=60)
+    finally:
+        os.killpg(worker, signal.SIGCONT)
+    peak = _backlog(db)
     next_kill = time.monotonic() + CHILD_KILL_EVERY
-    next_small = time.monotonic() + SMALL_EVERY
-    while load.submitted < len(load.jobs):
+    seen: tuple[int | None, float] = (worker, time.monotonic())
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while (backlog := _backlog(db)) and time.monotonic() < deadline:
         worker = conveyor.worker_pid("worker")
         now = time.monotonic()
-        if not whole_kills and load.submitted >= len(load.jobs) // 2 and worker:
+        if worker != seen[0]:
+            seen = (worker, now)
+        settled = worker is not None and now - seen[1] >= SETTLED_SECONDS
+        if not whole_kills and backlog <= peak // 2 and worker:
             os.killpg(worker, signal.SIGKILL)  # the supervisor starts a fresh one
             whole_kills += 1
-        elif now >= next_kill:
-            children = child_pids(worker) if worker else []
+        elif now >= next_kill and settled:
+            children = child_pids(worker)
             if children:
                 os.kill(rng.choice(children), signal.SIGKILL)
                 kills += 1
-            next_kill += CHILD_KILL_EVERY
-        if now >= next_small:
-            status, body = small_client.request(
-                "POST", "/api/v1/transactions", {"type": "credit", "amount": 1}
-            )
-            if status == 202:
-                small.append(body["task_id"])
-            next_small += SMALL_EVERY
+            next_kill = now + CHILD_KILL_EVERY
+        if not small or _started(db, small[-1]):
+            submit_small()
         time.sleep(0.05)
     load.finish(timeout=60)
 
@@ -106,6 +146,7 @@ def run(ctx: Context) -> Result:
     figures = scenario.common_figures(load, counts, db)
     figures.update(
         {
+            "backlog-peak": peak,
             "small-jobs": len(small),
             "small-overtaken-max": max(overtaken) if overtaken else "n/a",
             "kills": kills,

@@ -64,11 +64,18 @@ def procfile_command(process_type: str) -> str:
 
 
 def child_pids(pid: int) -> list[int]:
-    """Direct children of `pid` (a prefork worker's pool processes)."""
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Direct children of `pid` (a prefork worker's pool processes), whichever thread forked them.
+
+    /proc lists a child under the thread that forked it: Celery's pool grows
+    replacements from its own threads, so every thread's list is read.
+    """
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(p) for p in children.read_text().split()]
+        except OSError:
+            continue
+    return sorted(set(found))
 
 
 def alive(pid: int) -> bool:

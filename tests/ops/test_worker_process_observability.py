@@ -68,8 +68,21 @@ def test_prefork_worker_logs_json_and_exports_summed_task_metrics(prefork_worker
     results = [celery_app.send_task("system.ping", queue=queue) for _ in range(6)]
     assert [result.get(timeout=60) for result in results] == ["pong"] * 6
 
-    # Whichever child ran each ping, the exporter in the parent sums them all.
+    # Whichever child ran each ping, the exporter in the parent sums them all. Celery
+    # stores the result before it sends task_success, so the last count may trail
+    # result.get() by a moment: scrape until it settles, then demand exact sums.
+    names = (
+        "conveyor_task_succeeded_total",
+        "conveyor_task_started_total",
+        "conveyor_task_runtime_seconds_count",
+        "conveyor_task_queue_wait_seconds_count",
+    )
     text = _scrape(url, deadline)
+    while time.monotonic() < deadline and any(
+        value(text, name, task="system.ping") < 6 for name in names
+    ):
+        time.sleep(0.1)
+        text = _scrape(url, deadline)
     assert value(text, "conveyor_task_succeeded_total", task="system.ping") == 6
     assert value(text, "conveyor_task_started_total", task="system.ping") == 6
     assert value(text, "conveyor_task_runtime_seconds_count", task="system.ping") == 6
