@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.profile_ai(client)
         if "web" in only:
             wallet_on, wallet_off = bench.wallet(client.token, base, client)
-        fair_under = fair_idle = None
+        fair_ratios: list[tuple] = []
         if "fairness" in only:
-            fair_under, fair_idle = fairness.measure(bench, base, run_id)
+            fair_ratios = fairness.measure(bench, base, run_id)
         tracing_ratios: list[tuple] = []
         if "tracing" in only:
             # Submit and drain with tracing off, on (100%) and on (1%): bench/tracing.py.
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             ("AI, 1 s upstream, concurrency 100 / ideal 100 jobs/s", ai_slow, IDEAL_AI),
             *tuning_off.ratios(conveyor, stock, bench.figure("Ledger worker", "drain rate")),
             *tracing_ratios,
-            ("small user's AI job under 8 users' flood / idle (goal <= 2)", fair_under, fair_idle),
+            *fair_ratios,
         ]
         pg_version = db.query("SHOW server_version")[0][0]
         page = report.markdown(

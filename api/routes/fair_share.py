@@ -72,16 +72,8 @@ def get_fair_share(user_id: str) -> Response:
     responses={200: FairShares},
 )
 def put_fair_share(user_id: str) -> Response:
-    uid = _user_id(user_id)
     body = parse_body(FairShareRequest)
-    policy = Policy(body.weight, body.max_running)
-    try:
-        with resources().sessions.begin() as session:
-            fair_shares.put_share(session, uid, body.queue, policy)
-    except fair_shares.UnknownUser:
-        raise not_found() from None
-    _cache(body.queue, uid, policy)
-    return _body(uid)
+    return _change(_user_id(user_id), body.queue, Policy(body.weight, body.max_running))
 
 
 @bp.delete("/<user_id>/fair-share")
@@ -94,11 +86,18 @@ def put_fair_share(user_id: str) -> Response:
 )
 def delete_fair_share(user_id: str) -> Response:
     uid = _user_id(user_id)
-    query = parse_query(FairShareDeleteQuery)
+    return _change(uid, parse_query(FairShareDeleteQuery).queue, None)
+
+
+def _change(uid: int, queue: str, policy: Policy | None) -> Response:
+    """Store `policy` (None: the defaults again) for the user on `queue`; the user's shares."""
     try:
         with resources().sessions.begin() as session:
-            fair_shares.drop_share(session, uid, query.queue)
+            if policy is None:
+                fair_shares.drop_share(session, uid, queue)
+            else:
+                fair_shares.put_share(session, uid, queue, policy)
     except fair_shares.UnknownUser:
         raise not_found() from None
-    _cache(query.queue, uid, None)
+    _cache(queue, uid, policy)
     return _body(uid)
