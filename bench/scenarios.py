@@ -173,8 +173,16 @@ class Bench:
         return wait_until(lambda: self.job_window(ids)[1] >= len(ids), timeout, interval=0.5)
 
     def purge(self, queue: str) -> None:
+        """Drop a queue's waiting jobs: the broker's list and, on a fair queue, the users' lines."""
         # kombu's Redis transport keeps a queue as one list under the global key prefix.
         self.redis.delete(f"{self.prefix}{queue}")
+        # The fair gate's lines, counters and released set (shared/jobs/fair.py): left behind,
+        # the dropped jobs would hold the window and be released ahead of the next scenario's.
+        # The workers' advertised slots and the users' policies stay.
+        keep = {f"{self.prefix}fair:{queue}:{name}" for name in ("slots", "policy")}
+        for key in self.redis.scan_iter(f"{self.prefix}fair:{queue}:*", count=1000):
+            if key not in keep:
+                self.redis.delete(key)
 
     # -- scenarios --------------------------------------------------------------
 
