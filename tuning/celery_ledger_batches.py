@@ -100,7 +100,7 @@ def strategy(task: Task, app: Celery, consumer: Any, **options: Any) -> Callable
     tuning.applied("ledger_batches")
     # A message handed back was logged as received when it was buffered.
     quiet = default_strategy(task, app, consumer, **{**options, "info": _not_logged})
-    return Batcher(task, consumer, default, quiet).on_message
+    return Batcher(task, consumer, default, quiet)
 
 
 def _not_logged(*_args: Any, **_kwargs: Any) -> None:
@@ -108,7 +108,10 @@ def _not_logged(*_args: Any, **_kwargs: Any) -> None:
 
 
 class Batcher:
-    """The consumer-side buffer of one worker (see the module docstring)."""
+    """The consumer-side buffer of one worker (see the module docstring); the message handler."""
+
+    # Read by the fair gate (workers/fair_gate.py): one pool slot runs this many jobs at once.
+    jobs_per_call = MAX_BATCH
 
     def __init__(
         self,
@@ -161,6 +164,8 @@ class Batcher:
         self._event("task-received", held, name=self.task.name, args=repr([job_id]), kwargs="{}")
         self._dispatch()
         return None
+
+    __call__ = on_message
 
     def _dispatch(self) -> None:
         while True:

@@ -7,8 +7,9 @@ in its place (shared/jobs/fair.py), from Celery's `task_postrun` and
 `task_revoked` signals; the ledger batch and the poison quarantine, which
 end jobs outside a task run, call `finished` themselves. Freeing is
 idempotent: a duplicate delivery frees nothing twice. A worker consuming a
-fair queue advertises its execution slots (its concurrency plus
-FAIR_SLOT_MARGIN) every few seconds, which is the gate's window.
+fair queue advertises its execution slots (its concurrency, times the
+batch a slot runs where its consumer batches, plus FAIR_SLOT_MARGIN) every
+few seconds, which is the gate's window.
 """
 
 from __future__ import annotations
@@ -68,13 +69,26 @@ def _consumed_fair_queues(consumer: Any) -> list[str]:
     return [queue for queue in FAIR_QUEUES if queue in names]
 
 
+def _jobs_per_slot(consumer: Any, queue: str) -> int:
+    """How many of `queue`'s jobs one execution slot of this worker runs at once.
+
+    One, except where the consumer batches a kind's messages (the ledger
+    batches of tuning/celery_ledger_batches.py): a slot then runs a batch, and
+    a window of one job per slot would starve the batches (and the drain).
+    """
+    handlers = [consumer.strategies.get(kind) for kind, q in KIND_QUEUES.items() if q == queue]
+    return max([getattr(handler, "jobs_per_call", 1) for handler in handlers] or [1])
+
+
 def _ready(sender: Any = None, **_kw: Any) -> None:
     consumer = sender
     queues = _consumed_fair_queues(consumer)
     if not queues:
         return
     app = consumer.app
-    slots = consumer.controller.concurrency + app.conf.conveyor_settings.fair_slot_margin
+    margin = app.conf.conveyor_settings.fair_slot_margin
+    concurrency = consumer.controller.concurrency
+    slots = {queue: concurrency * _jobs_per_slot(consumer, queue) + margin for queue in queues}
     stop = _advertisers.setdefault(consumer.hostname, threading.Event())
     stop.clear()
 
@@ -84,7 +98,7 @@ def _ready(sender: Any = None, **_kw: Any) -> None:
                 lines = resources(app).fair
                 now_ms = int(time.time() * 1000)
                 for queue in queues:
-                    lines.advertise(queue, consumer.hostname, slots, now_ms=now_ms)
+                    lines.advertise(queue, consumer.hostname, slots[queue], now_ms=now_ms)
                     jobs_publisher = publisher(app)
                     # More capacity than before (a worker joined): fill it.
                     jobs_publisher.publish_released(lines.release(queue))

@@ -21,11 +21,13 @@ from tests.fakes.openai_server import FakeOpenAIServer, Scripted
 from tests.support.accounts import register_and_login
 from tests.support.rabbitmq import private_vhost
 from tests.support.stacks import private_stack
+from tuning import registry as tuning
+from tuning.celery_ledger_batches import MAX_BATCH
 
 pytestmark = pytest.mark.integration
 
 BUSY_USERS = 8
-FLOOD = 12  # jobs per busy user
+FLOOD = 40  # jobs per busy user: the flood outlasts a batching worker's window
 IDLE_WINDOW = 2
 
 
@@ -68,6 +70,13 @@ def _wait_terminal(stack, job_ids: list[str], timeout: float = 180) -> list[Job]
         time.sleep(0.2)
 
 
+def _window(stack) -> int:
+    """The live workers' advertised slots on `ledger` (shared/jobs/fair.py's "slots|expires")."""
+    slots = stack.resources.redis.hvals(stack.resources.fair.key("ledger", "slots"))
+    texts = [value.decode() if isinstance(value, bytes) else value for value in slots]
+    return sum(int(text.split("|")[0]) for text in texts)
+
+
 def _started_rank(rows: list[Job], job_id: str) -> int:
     ordered = sorted(rows, key=lambda row: row.started_at)
     return [str(row.id) for row in ordered].index(job_id)
@@ -92,21 +101,29 @@ def test_a_small_users_job_is_served_before_the_busy_users_backlog(
         # Everything waits in the lines but the idle window's jobs: no worker yet.
         assert lines.waiting("ledger") == len(flood) + 1 - IDLE_WINDOW
         assert lines.users_waiting("ledger") == BUSY_USERS + 1
-        # Two worker processes, one slot each (plus the margin): a window of 4.
+        # Two worker processes, one slot each (plus the margin): a window of 4,
+        # or of 130 where the consumer batches ledger jobs (64 a slot).
         stack.start_worker("fair-a", concurrency=1)
         stack.start_worker("fair-b", concurrency=1)
         rows = _wait_terminal(stack, [*flood, small])
         assert {row.state for row in rows} == {"SUCCESS"}
-        # FIFO would start it last (rank 96); in turn it starts within the
+        window = _window(stack)
+        batched = tuning.enabled(stack.resources.settings, "ledger_batches")
+        assert window == 2 * ((MAX_BATCH if batched else 1) + 1)
+        # FIFO would start it last (rank 320); in turn it starts within the
         # idle window's jobs, one window, and the first round of users.
-        assert _started_rank(rows, small) <= IDLE_WINDOW + 4 + 1
+        assert _started_rank(rows, small) <= IDLE_WINDOW + window + 1
         # The busy users were served in turn too: the first 8*3 starts hold
-        # 3 jobs of each (the window lets the order slip by a few at most).
+        # 3 jobs of each (the window lets the order slip by a few at most;
+        # FIFO would make them all the first user's). A batch's jobs start
+        # together, in its own order, so one batch's share of a user may come
+        # first too.
+        batch = window // 2 - 1
         first = sorted(rows, key=lambda row: row.started_at)[: BUSY_USERS * 3]
         per_user: dict[int, int] = {}
         for row in first:
             per_user[row.owner_id] = per_user.get(row.owner_id, 0) + 1
-        assert max(per_user.values()) <= 3 + 2
+        assert max(per_user.values()) <= 3 + 2 + batch // BUSY_USERS
         assert lines.waiting("ledger") == 0
         assert lines.released("ledger") == []
 
