@@ -152,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
             bench.ai(client)
             ai_slow = bench.ai_slow_upstream(client)
             bench.profile_ai(client)
-        if "web" in only:
-            wallet_on, wallet_off = bench.wallet(client.token, base, client)
         fair_ratios: list[tuple] = []
         if "fairness" in only:
             fair_ratios = fairness.measure(bench, base, run_id)
@@ -169,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "live" in only:
             bench.figures += live_views.measure(Settings.from_env(env), env, procs, base)
+        if "web" in only:
+            # Last: it stops `web` (one API server at a time), which the groups above use.
+            wallet_on, wallet_off = bench.wallet(client.token, base, client)
         ratios = [
             (
                 "Conveyor submit / naive `.delay()` submit",
