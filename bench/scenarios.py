@@ -146,7 +146,7 @@ class Bench:
     def profile(self, label: str, base: str, script: Path) -> None:
         """One extra, unreported load run with py-spy attached to the web server."""
         raw = self.work_dir / f"profile-{label}.txt"
-        spy = profiling.start(self.procs.pid("web"), raw, self.options.duration)
+        spy = profiling.start(self.procs.pid(self.servers[base]), raw, self.options.duration)
         if spy is None:
             self.profiles[label] = "_py-spy not installed (`pip install -r requirements-dev.txt`)_"
             return
