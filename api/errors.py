@@ -61,9 +61,9 @@ def error_response(
     return response
 
 
-def not_found() -> ApiError:
-    """The one 404 for a task: unknown and not-yours are indistinguishable."""
-    return ApiError(404, "not_found", "no such task")
+def not_found(what: str = "task") -> ApiError:
+    """The one 404 for a task (or `what`): unknown and not-yours are indistinguishable."""
+    return ApiError(404, "not_found", f"no such {what}")
 
 
 def register_error_handlers(app: Flask) -> None:

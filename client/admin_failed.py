@@ -17,6 +17,7 @@ from rich.table import Table
 
 from client.core import ConveyorClient
 from client.errors import ConveyorError
+from client.terminal import print_error
 
 # The `conveyor` command's exit code for a refused or unreachable API (client/cli.py).
 EXIT_ERROR = 5
@@ -39,7 +40,7 @@ def _run(call: Callable[[], Any]) -> Any:
     try:
         return call()
     except ConveyorError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        print_error(exc)  # with the API's field messages and the unreachable hint
         sys.exit(EXIT_ERROR)
 
 

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def _user_id(text: str) -> int:
     """The path's user id; anything but a positive integer names no user (404)."""
     if not text.isdigit() or len(text) > 18:
-        raise not_found()
+        raise not_found("user")
     return int(text)
 
 
@@ -36,7 +36,7 @@ def _body(user_id: int) -> Response:
         try:
             shares = fair_shares.shares_of(session, user_id)
         except fair_shares.UnknownUser:
-            raise not_found() from None
+            raise not_found("user") from None
     return jsonify(
         {
             "user_id": user_id,
@@ -98,6 +98,6 @@ def _change(uid: int, queue: str, policy: Policy | None) -> Response:
             else:
                 fair_shares.put_share(session, uid, queue, policy)
     except fair_shares.UnknownUser:
-        raise not_found() from None
+        raise not_found("user") from None
     _cache(queue, uid, policy)
     return _body(uid)

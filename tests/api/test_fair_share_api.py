@@ -107,6 +107,7 @@ def test_unknown_users_and_non_admins_are_refused(stack, admin):
     user_id, user_headers = _user(stack)
     unknown = stack.client.put(_path(10**9), json={"queue": "ai", "weight": 2}, headers=admin)
     assert unknown.status_code == 404
+    assert unknown.get_json()["error"]["message"] == "no such user"
     assert stack.client.get(_path(10**9), headers=admin).status_code == 404
     mine = stack.client.put(_path(user_id), json={"queue": "ai", "weight": 9}, headers=user_headers)
     assert mine.status_code == 403
@@ -146,7 +147,15 @@ def test_the_cli_shows_sets_and_resets_a_share(stack, admin, tmp_path):
         reset = run_cli("admin", "fair-share", "reset", str(user_id), "--queue", "ai", env=env)
         assert reset.returncode == 0, reset.stderr
         refused = run_cli("admin", "fair-share", "set", "999999999", "--queue", "ai", env=env)
-        assert refused.returncode != 0
+        assert refused.returncode == 5
+        assert "404 not_found: no such user" in refused.stderr
+        # The API's field message, as every other command prints it, and nothing changed.
+        invalid = run_cli(
+            "admin", "fair-share", "set", str(user_id), "--queue", "ai", "--weight", "0", env=env
+        )  # fmt: skip
+        assert invalid.returncode == 5
+        assert "422 validation_error" in invalid.stderr
+        assert "weight: Input should be greater than or equal to 1" in invalid.stderr
     finally:
         server.shutdown()
         thread.join(timeout=10)
