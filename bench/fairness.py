@@ -91,7 +91,6 @@ class _Pass:
             f"{self.label}: small user's job under the flood, submit to SUCCESS",
             flooded * 1000,
             "ms",
-            note=f"median of {len(self.flooded)}",
             runs=[s * 1000 for s in self.flooded],
         )
         alone = Figure(
