@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -32,7 +33,13 @@ def run_cli(*args: str, env: Mapping[str, str], timeout: float = 90) -> subproce
 
 
 def start_cli(*args: str, env: Mapping[str, str]) -> subprocess.Popen:
-    """Start `conveyor ARGS...`; the caller reads its stderr line by line and waits for it."""
+    """Start `conveyor ARGS...`; the caller reads its stderr line by line and waits for it.
+
+    With Ctrl-C as a terminal delivers it: a suite started in the background by
+    a non-interactive shell (`make test &`, a CI runner's script) inherits
+    SIGINT ignored, and an ignored signal stays ignored across exec, so the
+    CLI's Ctrl-C handling could not be tested there.
+    """
     return subprocess.Popen(
         [CONVEYOR, *args],
         env=dict(env),
@@ -40,4 +47,11 @@ def start_cli(*args: str, env: Mapping[str, str]) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         bufsize=1,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    # In the forked child, before exec: SIG_DFL there makes Python install its
+    # KeyboardInterrupt handler at start-up.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
