@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask
 
 from infra import tracing
 
@@ -58,14 +58,13 @@ def _hook_lists(app: Flask) -> list[list[Any]]:
 
 def _only_sampled(hook: Any) -> Any:
     def gated(*args: Any) -> Any:
-        if request.environ.get(SAMPLED) is True:
+        if tracing.in_sampled_request():
             return hook(*args)
         return None
 
     return gated
 
 
-SAMPLED = "conveyor.trace_sampled"  # the edge's decision, in the WSGI environ
 _UNTRACED_PATHS = frozenset(f"/{name}" for name in UNTRACED.split(","))
 
 
@@ -75,11 +74,11 @@ class EdgeGate:
     Sampled (1 in 100 at OTEL_TRACES_SAMPLER_ARG=0.01, or a caller's sampled
     `traceparent` under `parentbased_*`): the request goes through Flask's
     instrumented app and its trace is exported in full, web -> worker.
-    Unsampled: it goes through the plain app, carrying only a non-recording
-    context (the caller's trace id, or a new one; flags 00) with the
-    instrumentations suppressed: no span, no attributes, no propagator on the
-    way in, yet it answers with `X-Trace-Id` and its jobs' messages carry the
-    `traceparent` (flags 00) that puts the trace id in their status documents.
+    Unsampled: it goes through the plain app, carrying only its traceparent
+    (the caller's trace id, or a new one; flags 00) with the instrumentations
+    suppressed: no span, no SDK object, no propagator on the way in, yet it
+    answers with `X-Trace-Id` and its jobs' messages carry that `traceparent`,
+    which puts the trace id in their status documents and log lines.
     """
 
     def __init__(self, plain: Any, instrumented: Any) -> None:
@@ -88,22 +87,21 @@ class EdgeGate:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("PATH_INFO") in _UNTRACED_PATHS:
             return self.plain(environ, start_response)
-        sampled, context, trace_id = tracing.head_sample(environ.get("HTTP_TRACEPARENT"))
+        sampled, traceparent = tracing.head_sample(environ.get("HTTP_TRACEPARENT"))
         if sampled:
-            environ[SAMPLED] = True
             with tracing.edge_sampled():
                 return self.instrumented(environ, start_response)
-        header = ("X-Trace-Id", trace_id)
+        header = ("X-Trace-Id", traceparent[3:35])
 
         def answer(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
             headers.append(header)
             return start_response(status, headers, *exc_info)
 
-        token = tracing.attach(context)
+        token = tracing.unsampled(traceparent)
         try:
             return self.plain(environ, answer)
         finally:
-            tracing.detach(token)
+            tracing.end_unsampled(token)
 
 
 def _trace_id_header(span: Any, _status: str, response_headers: list[tuple[str, str]]) -> None:

@@ -74,7 +74,7 @@ def configure(settings: Any, process: str) -> bool:
             "process.pid": os.getpid(),
         }
     )
-    _head, _IDS, _edge = _sampler(settings), RandomIdGenerator(), _EdgeParts()
+    _head, _IDS, _edge = _sampler(settings), RandomIdGenerator(), _EdgeParts(settings)
     provider = TracerProvider(resource=resource, sampler=_edge_decided(_head))
     exporter = _otlp_exporter(settings) if settings.otel_traces_exporter == "otlp" else None
     provider.add_span_processor(
@@ -138,50 +138,44 @@ def _edge_decided(inner: Any) -> Any:
     return EdgeDecided()
 
 
-def head_sample(traceparent: str | None) -> tuple[bool, Any, str]:
-    """Decide once, at the edge, whether a request's trace is sampled: (sampled, context, trace id).
+def head_sample(traceparent: str | None) -> tuple[bool, str]:
+    """Decide once, at the edge, whether a request's trace is sampled: (sampled, traceparent).
 
     Parent-based as configured: an incoming `traceparent` is asked to the
     sampler as the parent (its sampled flag decides under `parentbased_*`).
-    Unsampled, `context` holds a non-recording span (the caller's trace id, or
-    a new one; flags 00) with the instrumentations suppressed: the request
-    still has a trace id to answer with and to pass on in its jobs' messages,
-    and pays for no span. Sampled, `context` is None: the instrumented path
-    starts the trace (`edge_sampled`).
+    Sampled, the instrumented path starts or continues the trace
+    (`edge_sampled`) and the traceparent is "". Unsampled, it is the W3C
+    traceparent (flags 00) of the request's trace: the caller's trace id or a
+    new one, and a span id of its own. `unsampled(traceparent)` then runs the
+    request with the instrumentations suppressed: it pays for no span, yet
+    has a trace id to answer with and to pass on in its jobs' messages.
     """
-    otel = _edge
-    parent = extract({"traceparent": traceparent}) if traceparent else None
-    caller = otel.get_current_span(parent).get_span_context() if parent is not None else None
-    if caller is not None and not caller.is_valid:
-        parent, caller = None, None
-    trace_id = caller.trace_id if caller is not None else _IDS.generate_trace_id()
-    if _head.should_sample(parent, trace_id, "edge", otel.SERVER).decision.is_sampled():
-        return True, None, ""
-    span = otel.NonRecordingSpan(
-        otel.SpanContext(
-            trace_id,
-            _IDS.generate_span_id(),
-            is_remote=False,
-            trace_flags=otel.UNSAMPLED,
-            trace_state=caller.trace_state if caller is not None else None,
-        )
-    )
-    return False, otel.set_span_in_context(span, otel.suppressed), f"{trace_id:032x}"
+    edge = _edge
+    if traceparent:
+        parent = extract({"traceparent": traceparent})
+        caller = edge.get_current_span(parent).get_span_context()
+        if caller.is_valid:
+            trace_id = caller.trace_id
+            sampled = _head.should_sample(parent, trace_id, "edge", edge.SERVER).decision
+            if sampled.is_sampled():
+                return True, ""
+            return False, f"00-{trace_id:032x}-{_IDS.generate_span_id():016x}-00"
+    trace_id = _IDS.generate_trace_id()
+    if edge.sampled_root(trace_id):
+        return True, ""
+    return False, f"00-{trace_id:032x}-{_IDS.generate_span_id():016x}-00"
 
 
 class _EdgeParts:
     """What `head_sample` uses, looked up once (it runs on every request)."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Any) -> None:
         from opentelemetry import context as otel_context
         from opentelemetry import trace
         from opentelemetry.instrumentation.utils import suppress_instrumentation
+        from opentelemetry.sdk.trace import sampling
 
-        self.get_current_span, self.set_span_in_context = (
-            trace.get_current_span, trace.set_span_in_context
-        )  # fmt: skip
-        self.NonRecordingSpan, self.SpanContext = trace.NonRecordingSpan, trace.SpanContext
-        self.SERVER, self.UNSAMPLED = trace.SpanKind.SERVER, trace.TraceFlags(0)
+        self.get_current_span, self.SERVER = trace.get_current_span, trace.SpanKind.SERVER
         self.attach, self.detach = otel_context.attach, otel_context.detach
         # A context carrying suppress_instrumentation()'s flag, and nothing else:
         # redis-py's and SQLAlchemy's instrumentations make no span inside it.
@@ -191,9 +185,26 @@ class _EdgeParts:
                 self.suppressed = otel_context.get_current()
         finally:
             otel_context.detach(token)
+        # A request without a traceparent is a root: the configured sampler's root
+        # decision, taken as the SDK's samplers take it (TraceIdRatioBased: the
+        # trace id's low 64 bits below the rate's bound), without building a
+        # SamplingResult for each request. tests/api/test_tracing_gate.py checks
+        # the edge's decisions against the SDK's sampler for the same trace ids.
+        root = settings.otel_traces_sampler.removeprefix("parentbased_")
+        if root == "traceidratio":
+            arg = settings.otel_traces_sampler_arg
+            bound = sampling.TraceIdRatioBased.get_bound_for_rate(float(arg) if arg else 1.0)
+            limit = sampling.TraceIdRatioBased.TRACE_ID_LIMIT
+            self.sampled_root = lambda trace_id: trace_id & limit < bound
+        else:
+            self.sampled_root = (lambda _id: True) if root == "always_on" else (lambda _id: False)
 
 
 _edge: Any = None
+# The traceparent (flags 00) of the unsampled request running in this context, or None.
+_UNSAMPLED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "conveyor_unsampled", default=None
+)
 
 
 @contextlib.contextmanager
@@ -206,13 +217,24 @@ def edge_sampled() -> Iterator[None]:
         _EDGE_SAMPLED.reset(token)
 
 
-def attach(context: Any) -> Any:
-    """Make `context` current (an unsampled request's, from `head_sample`); `detach` the token."""
-    return _edge.attach(context)
+def in_sampled_request() -> bool:
+    """Whether the running request is one the edge sampled (inside `edge_sampled`)."""
+    return _EDGE_SAMPLED.get()
 
 
-def detach(token: Any) -> None:
-    _edge.detach(token)
+def unsampled(traceparent: str) -> Any:
+    """Run an unsampled request's work in this context: `traceparent` its trace, no span made.
+
+    The instrumentations are suppressed; `inject`, `current_ids` and the
+    spans' checks read `traceparent`. Returns the token for `end_unsampled`.
+    """
+    return _UNSAMPLED.set(traceparent), _edge.attach(_edge.suppressed)
+
+
+def end_unsampled(token: Any) -> None:
+    mine, otel = token
+    _edge.detach(otel)
+    _UNSAMPLED.reset(mine)
 
 
 def suppressed() -> contextlib.AbstractContextManager[Any]:
@@ -343,6 +365,8 @@ def span(
 
 def _in_unsampled_trace() -> bool:
     # Micro-optimization: a child of an unsampled span would be dropped; no span at all.
+    if _UNSAMPLED.get() is not None:  # an unsampled request (the edge's)
+        return True
     from opentelemetry import trace
 
     context = trace.get_current_span().get_span_context()
@@ -420,6 +444,11 @@ def inject(headers: dict[str, Any], within: Any = None) -> dict[str, Any]:
     """Write the current span's (or `within`'s) traceparent/tracestate into `headers`."""
     if not ACTIVE:
         return headers
+    if within is None:
+        request_trace = _UNSAMPLED.get()
+        if request_trace is not None:  # an unsampled request's (the edge's)
+            headers["traceparent"] = request_trace
+            return headers
     from opentelemetry import trace
     from opentelemetry.propagate import inject as otel_inject
 
@@ -462,6 +491,9 @@ def current_ids() -> tuple[str, str] | None:
     """(trace id, span id) of the current span, hex, or None (off, or no span)."""
     if not ACTIVE:
         return None
+    request_trace = _UNSAMPLED.get()
+    if request_trace is not None:  # an unsampled request's: 00-<trace id>-<span id>-00
+        return request_trace[3:35], request_trace[36:52]
     from opentelemetry import trace
 
     context = trace.get_current_span().get_span_context()

@@ -39,42 +39,55 @@ def run_batch(task: Task, items: list[Item]) -> list[int]:
     """Post `items` in one call and announce them; the indexes to hand back to Celery.
 
     Never raises: a failure hands the whole batch back, untouched. Traced,
-    each job's run is a consumer span of its own trace, and the batch's call
-    (its SQL and Redis spans) a child of the first job's, linked to the rest.
+    each sampled job's run is a consumer span of its own trace, and the
+    batch's call (its SQL and Redis spans) a child of the first sampled job's,
+    linked to the other traced ones. An unsampled job gets no span (nothing
+    of it would be exported); its status still names its trace.
     """
     if not tracing.ACTIVE:
         return _run_batch(task, items)
-    if all(item.traceparent and not tracing.is_sampled(item.traceparent) for item in items):
+    traced = [i for i, item in enumerate(items) if _traced(item.traceparent)]
+    contexts = [{"traceparent": item.traceparent} for item in items]
+    if not traced:
         # Micro-optimization: nothing of this batch would be exported: no span, none for
-        # its SQL and Redis either; each job's status still names its trace.
+        # its SQL and Redis either.
         with tracing.suppressed():
-            return _run_batch(task, items, [{"traceparent": i.traceparent} for i in items])
-    runs = [
-        tracing.start_span(
+            return _run_batch(task, items, contexts)
+    runs = {
+        i: tracing.start_span(
             f"run/{task.name}",
             kind="consumer",
-            parent={"traceparent": item.traceparent} if item.traceparent else {},
+            parent={"traceparent": items[i].traceparent} if items[i].traceparent else {},
             attributes={
                 "celery.task_name": task.name,
-                "messaging.message.id": item.task_id,
+                "messaging.message.id": items[i].task_id,
                 "conveyor.batch_size": len(items),
             },
         )
-        for item in items
-    ]
-    contexts = [tracing.context_of(run) for run in runs]
+        for i in traced
+    }
+    for i, run in runs.items():
+        contexts[i] = tracing.context_of(run)
+    # The batch's spans under a run that is exported (a job without a context may not be).
+    lead, *others = sorted(traced, key=lambda i: not runs[i].is_recording())
     with tracing.span(
         f"batch/{task.name}",
-        parent=contexts[0],
-        links=contexts[1:],
+        parent=contexts[lead],
+        links=[contexts[i] for i in others],
         attributes={"conveyor.batch_size": len(items)},
     ):
         handed_back = _run_batch(task, items, contexts)
     back = set(handed_back)
-    for index, run in enumerate(runs):
+    for index, run in runs.items():
         run.set_attribute("conveyor.handed_back", index in back)
         tracing.end_span(run)
     return handed_back
+
+
+def _traced(traceparent: str | None) -> bool:
+    # A job without a trace context starts its own (the sampler decides); an unsampled one's
+    # spans would all be dropped.
+    return not traceparent or tracing.is_sampled(traceparent)
 
 
 def _run_batch(task: Task, items: list[Item], contexts: list[dict] | None = None) -> list[int]:

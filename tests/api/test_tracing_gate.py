@@ -20,6 +20,7 @@ import json, sys
 from flask import Flask, jsonify
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.sdk.trace import sampling
 from api import tracing as api_tracing
 from infra import tracing
 from infra.settings import Settings
@@ -37,14 +38,18 @@ def submit():
     tracing.inject(headers, within=started) if started is not None else tracing.inject(headers)
     tracing.end_span(started)
     return jsonify(recording=trace.get_current_span().is_recording(),
-                   instrumented=is_instrumentation_enabled(), headers=headers)
+                   instrumented=is_instrumentation_enabled(), headers=headers,
+                   ids=tracing.current_ids())
 
 api_tracing.instrument(app)
 client = app.test_client()
 answers = []
 for i in range(200):
     response = client.post("/submit")
-    answers.append({"trace_id": response.headers.get_all("X-Trace-Id"), **response.json})
+    trace_id = int(response.headers["X-Trace-Id"], 16)
+    sdk = sampling.TraceIdRatioBased(0.5).should_sample(None, trace_id, "root").decision
+    answers.append({"trace_id": response.headers.get_all("X-Trace-Id"), **response.json,
+                    "sdk_sampled": sdk.is_sampled()})
 for flags, trace_id in (("00", "ab" * 16), ("01", "ef" * 16)):
     parent = f"00-{trace_id}-{'cd' * 8}-{flags}"
     response = client.post("/submit", headers={"traceparent": parent})
@@ -81,11 +86,15 @@ def test_head_sampling_is_decided_once_at_the_edge():
     unsampled = [a for a in roots if not a["recording"]]
     # About half at 0.5, and each decision kept: the SDK does not decide again.
     assert 60 < len(sampled) < 140
+    # The edge decides a root as the SDK's sampler does for the same trace id (a
+    # sampled request answers with its server span's, which the SDK keeps).
+    assert not any(a["sdk_sampled"] for a in unsampled)
     for answer in sampled:
         (trace_id,) = answer["trace_id"]
         names = sorted(s["name"] for s in exported[trace_id])
         assert names == ["POST /submit", "publish job"]
         assert answer["headers"]["traceparent"].split("-")[1] == trace_id
+        assert answer["ids"][0] == trace_id
     assert len(exported) == len(sampled) + 1  # and the sampled caller's, below
     # Unsampled: nothing instrumented, nothing exported, yet a trace id to answer
     # with and to pass on (flags 00) in the job's message.
@@ -94,6 +103,8 @@ def test_head_sampling_is_decided_once_at_the_edge():
         assert not answer["instrumented"] and trace_id not in exported
         assert answer["headers"]["traceparent"].split("-")[1] == trace_id
         assert answer["headers"]["traceparent"].endswith("-00")
+        # Log lines and status documents name it too (infra/tracing.current_ids).
+        assert answer["ids"] == answer["headers"]["traceparent"].split("-")[1:3]
     # Parent-based: the caller's decision is followed, its trace continued.
     assert caller_unsampled["trace_id"] == ["ab" * 16]
     assert caller_sampled["trace_id"] == ["ef" * 16] and caller_sampled["recording"]

@@ -8,7 +8,9 @@ they send with opentelemetry-proto. The test process itself never traces.
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import subprocess
 import sys
 import uuid
@@ -32,6 +34,7 @@ from tests.support.otlp_receiver import Span, running_receiver
 from tests.support.processes import free_port, running_server
 from tests.support.rabbitmq import private_vhost
 from tests.support.stacks import private_stack
+from tuning import registry as tuning
 
 BIN = Path(sys.executable).parent
 AI_KEY = "sk-tracing-test"
@@ -356,3 +359,42 @@ def test_an_unsampled_request_is_not_instrumented_yet_keeps_its_trace_id(stack, 
     )
     assert any(s.name == "submit flush" for s in spans)
     assert receiver.trace(unsampled_id) == []
+
+
+def test_a_sampled_job_batched_behind_unsampled_ones_keeps_its_whole_trace(stack, user, receiver):
+    client, headers = user
+    worker = stack.workers[0]  # the prefork ledger worker
+    # Held stopped while the jobs are queued: once it runs, the first goes out alone and
+    # the rest wait for its slot, then run as one batch (tuning/celery_ledger_batches.py).
+    os.killpg(worker.pid, signal.SIGSTOP)
+    try:
+        parents = [f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00" for _ in range(5)]
+        credit = {"type": "credit", "amount": 1}
+        unsampled = [_submit(client, headers, "/transactions", credit, p) for p in parents]
+        traceparent, trace_id, _client_span = _traceparent()
+        sampled = _submit(client, headers, "/transactions", credit, traceparent)
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+    for accepted in [*unsampled, sampled]:
+        assert _wait_state(client, headers, accepted.json()["task_id"])["state"] == "SUCCESS"
+
+    def complete(_all: list[Span]) -> list[Span] | None:
+        spans = receiver.trace(trace_id)
+        sql = [s for s in spans if s.service == "conveyor-worker"
+               and s.attributes.get("db.system") == "postgresql"]  # fmt: skip
+        return spans if sql and _settled(spans) else None
+
+    spans = receiver.wait_for(complete)
+    _one_trace(spans, _client_span)
+    run = next(s for s in spans if s.name == "run/ledger.transaction")
+    # The batch's SQL and Redis spans are the sampled job's, whatever its place in the batch.
+    for span in spans:
+        if span.service == "conveyor-worker" and span is not run:
+            assert _descends(spans, span, run), (span.name, span.parent_id)
+    # On Redis the held messages reach the consumer at once and form the batch; RabbitMQ
+    # delivers them as the raised prefetch lets it, and the batch may not form.
+    if stack.broker == "redis" and tuning.enabled(stack.resources.settings, "ledger_batches"):
+        assert run.attributes["conveyor.batch_size"] >= 2  # batched with unsampled ones
+        assert any(s.name == "batch/ledger.transaction" for s in spans)
+    for accepted in unsampled:
+        assert receiver.trace(accepted.headers["X-Trace-Id"]) == []
