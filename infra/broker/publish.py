@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery
 
+from infra import tracing
 from infra.broker.config import celery_broker_config
 from infra.broker.messages import BrokerError, JobMessage, PipelineExtra, Publisher
 from infra.redis_store import create_redis
@@ -29,15 +30,20 @@ class CeleryPublisher:
         self.app = celery_app
 
     def publish(self, task: str, job_id: str, queue: str, headers: dict[str, Any]) -> None:
-        self.app.send_task(
-            task,
-            args=[job_id],
-            task_id=job_id,
-            queue=queue,
-            # Nobody waits on these results: skip the backend subscription.
-            ignore_result=True,
-            headers=headers,
-        )
+        # Traced, Celery's instrumentation writes the current context over the
+        # message's traceparent: publish in the job's own trace, not in that of
+        # whatever runs this (a worker releasing another user's job from the fair
+        # lines ran in the finished job's).
+        with tracing.within(headers):
+            self.app.send_task(
+                task,
+                args=[job_id],
+                task_id=job_id,
+                queue=queue,
+                # Nobody waits on these results: skip the backend subscription.
+                ignore_result=True,
+                headers=headers,
+            )
 
     def publish_many(
         self, messages: Sequence[JobMessage], extra: PipelineExtra | None = None

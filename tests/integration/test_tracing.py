@@ -387,10 +387,15 @@ def test_a_sampled_job_batched_behind_unsampled_ones_keeps_its_whole_trace(stack
     spans = receiver.wait_for(complete)
     _one_trace(spans, _client_span)
     run = next(s for s in spans if s.name == "run/ledger.transaction")
+    # The fair gate may have released the job from a worker, when another job ended
+    # (Celery's publish, with the tuning off): that publish is in the job's trace too.
+    releases = [s for s in spans if s.name == "apply_async/ledger.transaction"]
     # The batch's SQL and Redis spans are the sampled job's, whatever its place in the batch.
     for span in spans:
         if span.service == "conveyor-worker" and span is not run:
-            assert _descends(spans, span, run), (span.name, span.parent_id)
+            assert any(_descends(spans, span, top) for top in [run, *releases]), (
+                span.name, span.parent_id,
+            )  # fmt: skip
     # On Redis the held messages reach the consumer at once and form the batch; RabbitMQ
     # delivers them as the raised prefetch lets it, and the batch may not form.
     if stack.broker == "redis" and tuning.enabled(stack.resources.settings, "ledger_batches"):
