@@ -85,29 +85,12 @@ class _Pass:
         )
 
     def figures(self) -> tuple[Figure, Figure, Figure]:
-        flooded, idle = statistics.median(self.flooded), statistics.median(self.idle)
-        under = Figure(
-            SECTION,
-            f"{self.label}: small user's job under the flood, submit to SUCCESS",
-            flooded * 1000,
-            "ms",
-            runs=[s * 1000 for s in self.flooded],
-        )
-        alone = Figure(
-            SECTION,
-            f"{self.label}: the same job, idle system",
-            idle * 1000,
-            "ms",
-            runs=[s * 1000 for s in self.idle],
-        )
-        drain = Figure(
-            SECTION,
-            f"{self.label}: the flood's drain, first submit to last end",
-            statistics.median(self.drains) * 1000,
-            "ms",
-            runs=[s * 1000 for s in self.drains],
-        )
-        return under, alone, drain
+        return (
+            _median_ms(f"{self.label}: small user's job under the flood, submit to SUCCESS",
+                       self.flooded),
+            _median_ms(f"{self.label}: the same job, idle system", self.idle),
+            _median_ms(f"{self.label}: the flood's drain, first submit to last end", self.drains),
+        )  # fmt: skip
 
 
 def _with_worker(bench: Any, name: str, env: dict[str, str] | None, body) -> None:
@@ -164,3 +147,10 @@ def measure(bench: Any, base: str, run_id: str) -> list[tuple[str, Figure | None
         ("the same with FIFO (fair share opened wide) / idle", under_fifo, idle_fifo),
         ("8 users' flood drain, fair / FIFO (goal <= 1.1)", drain8, drain_fifo),
     ]
+
+
+def _median_ms(name: str, seconds: list[float]) -> Figure:
+    """A figure of the median of `seconds`, in milliseconds, with every run."""
+    return Figure(
+        SECTION, name, statistics.median(seconds) * 1000, "ms", runs=[s * 1000 for s in seconds]
+    )

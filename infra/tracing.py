@@ -444,23 +444,11 @@ def within(headers: Mapping[str, Any]) -> Iterator[None]:
     if not ACTIVE or not headers.get("traceparent"):
         yield
         return
-    token = _attach(extract(headers))
+    token = _edge.attach(extract(headers))
     try:
         yield
     finally:
-        _detach(token)
-
-
-def _attach(context: Any) -> Any:
-    from opentelemetry import context as otel_context
-
-    return otel_context.attach(context)
-
-
-def _detach(token: Any) -> None:
-    from opentelemetry import context as otel_context
-
-    otel_context.detach(token)
+        _edge.detach(token)
 
 
 def extract(headers: Mapping[str, str]) -> Any:
