@@ -94,7 +94,7 @@ class EdgeGate:
         header = ("X-Trace-Id", traceparent[3:35])
 
         def answer(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
-            headers.append(header)
+            headers.insert(0, header)  # ahead of the trusted tail: see `_trace_id_header`
             return start_response(status, headers, *exc_info)
 
         token = tracing.unsampled(traceparent)
@@ -106,9 +106,12 @@ class EdgeGate:
 
 def _trace_id_header(span: Any, _status: str, response_headers: list[tuple[str, str]]) -> None:
     # The client's handle on its request's trace (the 202's, and every other answer's).
+    # First, not last: every response ends with the fixed headers gunicorn passes
+    # unchecked only while they are the list's tail (tuning/gunicorn_trusted_headers.py);
+    # one appended after them had gunicorn check them all again, 2% of a submit's CPU.
     context = span.get_span_context()
     if context.is_valid:
-        response_headers.append(("X-Trace-Id", f"{context.trace_id:032x}"))
+        response_headers.insert(0, ("X-Trace-Id", f"{context.trace_id:032x}"))
 
 
 def stream_span(frames: Iterator[str], name: str, attributes: dict[str, Any]) -> Iterator[str]:

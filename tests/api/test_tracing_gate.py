@@ -24,6 +24,36 @@ from opentelemetry.sdk.trace import sampling
 from api import tracing as api_tracing
 from infra import tracing
 from infra.settings import Settings
+import gunicorn.http.wsgi
+from tuning import gunicorn_trusted_headers
+
+gunicorn_trusted_headers.install()
+# The fixed headers every response ends with, which gunicorn then passes unchecked
+# (api/observability.py appends them; tuning/gunicorn_trusted_headers.py).
+FIXED = gunicorn_trusted_headers.trust([("X-Content-Type-Options", "nosniff"),
+                                        ("X-Frame-Options", "DENY")])
+assert len(FIXED) == 2
+TAILS = []
+
+class Fixed:
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        def start(status, headers, *exc_info):
+            headers.extend(FIXED)
+            return start_response(status, headers, *exc_info)
+        return self.app(environ, start)
+
+class Tail:
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        def start(status, headers, *exc_info):
+            TAILS.append(len(headers) > 2 and all(a is b for a, b in zip(headers[-2:], FIXED)))
+            return start_response(status, headers, *exc_info)
+        return self.app(environ, start)
 
 settings = Settings.from_env({"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "60000",
                               "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
@@ -41,7 +71,9 @@ def submit():
                    instrumented=is_instrumentation_enabled(), headers=headers,
                    ids=tracing.current_ids())
 
+app.wsgi_app = Fixed(app.wsgi_app)
 api_tracing.instrument(app)
+app.wsgi_app = Tail(app.wsgi_app)
 client = app.test_client()
 answers = []
 for i in range(200):
@@ -49,11 +81,12 @@ for i in range(200):
     trace_id = int(response.headers["X-Trace-Id"], 16)
     sdk = sampling.TraceIdRatioBased(0.5).should_sample(None, trace_id, "root").decision
     answers.append({"trace_id": response.headers.get_all("X-Trace-Id"), **response.json,
-                    "sdk_sampled": sdk.is_sampled()})
+                    "sdk_sampled": sdk.is_sampled(), "trusted_tail": TAILS[-1]})
 for flags, trace_id in (("00", "ab" * 16), ("01", "ef" * 16)):
     parent = f"00-{trace_id}-{'cd' * 8}-{flags}"
     response = client.post("/submit", headers={"traceparent": parent})
-    answers.append({"trace_id": response.headers.get_all("X-Trace-Id"), **response.json})
+    answers.append({"trace_id": response.headers.get_all("X-Trace-Id"), **response.json,
+                    "trusted_tail": TAILS[-1]})
 trace.get_tracer_provider().force_flush()
 sys.stdout.flush()
 print("ANSWERS " + json.dumps(answers))
@@ -109,3 +142,6 @@ def test_head_sampling_is_decided_once_at_the_edge():
     assert caller_unsampled["trace_id"] == ["ab" * 16]
     assert caller_sampled["trace_id"] == ["ef" * 16] and caller_sampled["recording"]
     assert sorted(s["name"] for s in exported["ef" * 16]) == ["POST /submit", "publish job"]
+    # X-Trace-Id goes ahead of the fixed headers, sampled or not: gunicorn passes
+    # them unchecked only while they end the list (one after them had it check all).
+    assert all(answer["trusted_tail"] for answer in answers)
