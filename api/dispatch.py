@@ -67,14 +67,9 @@ def submit(kind: str, params: dict[str, Any], request_payload: dict[str, Any]) -
     key = idempotency_key(request.environ)
     ensure_queue_capacity(jobs.KIND_QUEUES[kind], app)
     headers = message_headers(owner_id, flask_g)
-    # Traced: the job's own producer span, its context in the message headers.
-    publish_span = (
-        tracing.start_span(f"publish {kind}", kind="producer") if tracing.ACTIVE else None
-    )
-    if publish_span is not None:
-        tracing.inject(headers, within=publish_span)
-    elif tracing.ACTIVE:  # an unsampled request's trace id still goes on with its job
-        tracing.inject(headers)
+    # Traced: the job's own producer span, its context in the message headers
+    # (an unsampled request's: its traceparent, and no span).
+    publish_span = tracing.start_producer(kind, headers) if tracing.ACTIVE else None
     outcome = submit_batcher(app).run(
         PreparedJob(
             owner_id=owner_id,

@@ -217,9 +217,9 @@ def edge_sampled() -> Iterator[None]:
         _EDGE_SAMPLED.reset(token)
 
 
-def in_sampled_request() -> bool:
-    """Whether the running request is one the edge sampled (inside `edge_sampled`)."""
-    return _EDGE_SAMPLED.get()
+# Whether the running request is one the edge sampled (inside `edge_sampled`): the
+# context variable's own getter (twice a request, in the gated Flask hooks).
+in_sampled_request = _EDGE_SAMPLED.get
 
 
 def unsampled(traceparent: str) -> Any:
@@ -411,6 +411,21 @@ def start_span(
         attributes=dict(attributes or {}),
         links=_links(links),
     )
+
+
+def start_producer(kind: str, headers: dict[str, Any]) -> Any:
+    """The producer span of a `kind` job about to be published, its context put in `headers`.
+
+    In an unsampled request (the edge's) `headers` get its traceparent and
+    there is no span: None, as while tracing is off.
+    """
+    request_trace = _UNSAMPLED.get()
+    if request_trace is not None:
+        headers["traceparent"] = request_trace
+        return None
+    started = start_span(f"publish {kind}", kind="producer")
+    inject(headers, within=started)  # None (an unsampled trace): the current context's
+    return started
 
 
 def end_span(started: Any, error: BaseException | None = None) -> None:
