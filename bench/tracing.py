@@ -73,9 +73,10 @@ def measure(bench: Any, run_id: str, password: str, drain_jobs: int) -> list[tup
     All three webs run side by side and take turns, round after round (the
     order reversed each round), so the database's and Redis's growth and
     whatever else the machine does fall on each configuration alike; each
-    figure is the median of its rounds (`--repeat`, at least 3).
+    figure is the median of its rounds (`--repeat`, at least 5: a round's
+    CPU per request moves by ±5% on a shared machine, the cost measured is 3-5%).
     """
-    rounds = max(3, bench.options.repeat)
+    rounds = max(5, bench.options.repeat)
     submits: dict[str, list[tuple[Any, float]]] = {label: [] for label, _ in CONFIGS}
     drains: dict[str, list[Figure]] = {label: [] for label, _ in CONFIGS}
     with otlp_sink() as sink:
