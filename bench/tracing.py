@@ -139,9 +139,15 @@ def measure(bench: Any, run_id: str, password: str, drain_jobs: int) -> list[tup
 
 
 def _submit(bench: Any, base: str, script: Any, label: str) -> tuple[Any, float]:
-    """One wrk run against `base`: (wrk's result, the web's CPU ms per request)."""
+    """One wrk run against `base`: (wrk's result, the web's CPU ms per request).
+
+    After a warm-up of its own: what ran just before (another configuration's
+    exporter catching up, the drains' writes settling in PostgreSQL) falls on
+    the warm-up, not on the run measured.
+    """
     opts = bench.options
     pid = bench.procs.pid(bench.servers[base])
+    wrk.run(base, script, duration=opts.warmup, connections=opts.connections, threads=opts.threads)
     before = tree_cpu_seconds(pid)
     result = wrk.run(base, script, duration=opts.duration, connections=opts.connections,
                      threads=opts.threads)  # fmt: skip
