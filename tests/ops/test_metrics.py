@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 
@@ -145,7 +146,17 @@ def test_task_metrics_from_a_real_worker(client, make_user, worker):
         headers=headers,
     )
     assert wait_for_state(client, headers, response.get_json()["task_id"])["state"] == "SUCCESS"
-    after = generate_latest(REGISTRY).decode()
+    # Celery signals a success, then the run's end (which times it), after the
+    # task wrote its SUCCESS document, which a poll can read first: wait for both.
+    deadline = time.monotonic() + 10
+    while True:
+        after = generate_latest(REGISTRY).decode()
+        timed = value(after, "conveyor_task_runtime_seconds_count", task=task)
+        if timed > value(before, "conveyor_task_runtime_seconds_count", task=task):
+            break
+        if time.monotonic() > deadline:
+            break  # the assertions below say what did not move
+        time.sleep(0.05)
 
     def moved(name: str) -> float:
         return value(after, name, task=task) - value(before, name, task=task)
