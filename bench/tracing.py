@@ -102,12 +102,7 @@ def measure(bench: Any, run_id: str, password: str, drain_jobs: int) -> list[tup
             client = ApiClient(bases[label])
             client.token = login(client, f"bench_{run_id}_t{index}", password)
             clients[label] = client
-        opts = bench.options
-        for label, _ in CONFIGS:
-            wrk.run(
-                bases[label], scripts[label], duration=opts.warmup,
-                connections=opts.connections, threads=2,
-            )  # fmt: skip
+        # Each measured run warms its web up first (`_submit`).
         for round_ in range(rounds):
             order = list(enumerate(CONFIGS)) if round_ % 2 == 0 else list(enumerate(CONFIGS))[::-1]
             print(f"tracing round {round_ + 1}/{rounds}")

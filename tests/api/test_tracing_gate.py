@@ -64,8 +64,7 @@ app = Flask("probe")
 @app.post("/submit")
 def submit():
     headers = {}
-    started = tracing.start_span("publish job", kind="producer")
-    tracing.inject(headers, within=started) if started is not None else tracing.inject(headers)
+    started = tracing.start_producer("job", headers)  # as api/dispatch.submit
     tracing.end_span(started)
     return jsonify(recording=trace.get_current_span().is_recording(),
                    instrumented=is_instrumentation_enabled(), headers=headers,
