@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -59,8 +60,15 @@ def test_request_id_reaches_every_worker_log_line_for_the_job(
     task_id = response.get_json()["task_id"]
     assert wait_for_state(client, headers, task_id)["state"] == "SUCCESS"
 
-    job_lines = [r for r in captured.records() if r.get("task_id") == task_id]
-    messages = {r["message"] for r in job_lines}
+    # The worker logs "task finished" once the run has returned, just after
+    # the run wrote SUCCESS, which the poll above may read first.
+    deadline = time.monotonic() + 10
+    while True:
+        job_lines = [r for r in captured.records() if r.get("task_id") == task_id]
+        messages = {r["message"] for r in job_lines}
+        if {"task started", "task finished"} <= messages or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert {"task started", "task finished"} <= messages, messages
     for line in job_lines:
         assert line["request_id"] == request_id
