@@ -169,8 +169,10 @@ def test_fairness_survives_a_worker_killed_mid_backlog(settings, redis_client, t
         # The next worker also serves beat's sweep, fired here every 2 s (beat:
         # every minute). A message the doomed worker had taken off the list
         # but not yet recorded as held (kombu's BRPOP, then its unacked write)
-        # died with it; the sweep re-publishes that job. The rest come back
-        # when their leases run out.
+        # died with it, as did the messages of jobs a finish had just released
+        # and it had not yet published (docs/fairness.md, "Failure cases"):
+        # the sweep re-publishes those jobs. The rest come back when their
+        # leases run out.
         stack.start_worker("fair-next", queues="ledger,maintenance", concurrency=2)
         sweeper = create_celery_app(stack.settings)
         try:
