@@ -6,6 +6,8 @@ import sqlalchemy
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import sessionmaker
 
+import tuning
+from infra import tracing
 from infra.settings import VAR_DIR, Settings, normalize_database_url
 
 # PostgreSQL aborts any statement running longer than this, so a runaway query
@@ -49,7 +51,10 @@ def create_db_engine(settings: Settings, *, url: str | None = None, **overrides)
     # Looked up on the module at each call: with tracing on, OpenTelemetry's
     # SQLAlchemy instrumentation wraps it there (infra/tracing.py), and every
     # engine made afterwards has SQL spans.
-    return sqlalchemy.create_engine(url, **options)
+    engine = sqlalchemy.create_engine(url, **options)
+    if tracing.ACTIVE:
+        tuning.install_traced_engine(engine, tuning.selection_of(settings))
+    return engine
 
 
 def create_session_factory(engine: Engine) -> sessionmaker:

@@ -65,6 +65,7 @@ __all__ = [
     "enabled",
     "install_arbiter",
     "install_celery_worker",
+    "install_traced_engine",
     "install_web_worker",
     "installed_version",
     "mismatches",
@@ -114,6 +115,13 @@ def install_celery_worker(selection: Selection, *, metrics_token: str = "") -> N
     if flower_metrics_auth.flower_loaded():
         _apply(selection, "flower_metrics_auth", lambda: flower_metrics_auth.install(metrics_token))
     log.info("tuning of this worker: %s", summary())
+
+
+def install_traced_engine(engine: Any, selection: Selection) -> None:
+    """An engine OpenTelemetry's SQLAlchemy instrumentation has just instrumented (infra/db.py)."""
+    from tuning import otel_sqlalchemy_pool
+
+    _apply(selection, "otel_sqlalchemy_pool", lambda: otel_sqlalchemy_pool.install(engine))
 
 
 def _apply(selection: Selection, name: str, install: Callable[[], object]) -> None:

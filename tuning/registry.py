@@ -41,6 +41,8 @@ PROMETHEUS_CLIENT = "0.26.0"
 HTTPX = "0.28.1"
 FLOWER = "2.2.0"
 TORNADO = "6.6.1"
+SQLALCHEMY = "2.1.9"
+OTEL_INSTRUMENTATION = "0.66b1"
 
 ADJUSTMENTS: tuple[Adjustment, ...] = (
     Adjustment(
@@ -96,6 +98,12 @@ ADJUSTMENTS: tuple[Adjustment, ...] = (
         "accepted_template", "tuning.flask_accepted", SPEED,
         _targets(flask=FLASK, werkzeug=WERKZEUG),
         "the 202's body filled into a template and its Location quoted once per mount point",
+    ),
+    Adjustment(
+        "otel_sqlalchemy_pool", "tuning.otel_sqlalchemy_pool", SPEED,
+        _targets(sqlalchemy=SQLALCHEMY,
+                 **{"opentelemetry-instrumentation-sqlalchemy": OTEL_INSTRUMENTATION}),
+        "with tracing on, no pool-usage listeners feeding a meter nothing exports",
     ),
     Adjustment(
         "collector", "tuning.collector", SPEED, (),

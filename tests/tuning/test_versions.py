@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Every third-party library an adjustment reaches into.
 WATCHED = (
     "gunicorn", "gevent", "kombu", "celery", "redis", "hiredis", "flask", "werkzeug", "flower",
-    "tornado",
+    "tornado", "sqlalchemy", "opentelemetry-instrumentation-sqlalchemy",
 )  # fmt: skip
 
 
