@@ -3,6 +3,10 @@
 Changes: `gunicorn.http.wsgi.Response.process_headers` passes the trailing
 header tuples registered with `trust` (these very objects, by identity) without
 checking them again; everything before them is checked by gunicorn as before.
+A header name registered with `trust_leading` (that very string object) is
+passed unchecked too when it heads the list with a value of ASCII letters and
+digits, which gunicorn's checks always pass unchanged: the web's
+`X-Trace-Id`, whose value (a trace id in hex) differs on every response.
 
 Why: gunicorn checks every response header against two regular expressions
 and a list of hop-by-hop names, about half a microsecond a header, and the
@@ -23,6 +27,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 _TRUSTED: dict[int, tuple[str, str]] = {}
+# The one header name (by identity) passed unchecked at the head of the list, or None.
+_LEADING: list[str | None] = [None]
 _ORIGINAL = "_conveyor_original"
 
 
@@ -67,6 +73,25 @@ def trust(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return trusted
 
 
+def trust_leading(name: str) -> bool:
+    """Let gunicorn pass a first header named by this very string with an alphanumeric value.
+
+    For a header whose value changes on every response but is always ASCII
+    letters and digits (a hex id). Refused (False) for a name gunicorn's own
+    `process_headers` would read, drop or refuse.
+    """
+    if "gunicorn.http.wsgi" not in sys.modules:
+        return False
+    from gunicorn.http import wsgi as gunicorn_wsgi
+
+    current = gunicorn_wsgi.Response.process_headers
+    original = getattr(current, _ORIGINAL, current)
+    if type(name) is not str or not _kept_as_is(original, (name, "0123456789abcdefABCDEF")):
+        return False
+    _LEADING[0] = name
+    return True
+
+
 def _kept_as_is(process_headers: Callable[..., None], pair: tuple[str, str]) -> bool:
     if type(pair) is not tuple or len(pair) != 2 or not all(type(part) is str for part in pair):
         return False
@@ -97,11 +122,21 @@ def _skipping_trusted(original: Callable[..., None]) -> Callable[..., None]:
             return original(self, headers)
         trusted = _TRUSTED
         end = cut = len(headers)
-        while cut and id(headers[cut - 1]) in trusted:
+        start = 0
+        if end:
+            first = headers[0]
+            if type(first) is tuple and len(first) == 2 and first[0] is _LEADING[0]:
+                value = first[1]
+                # Letters and digits only: nothing gunicorn would refuse, strip or read.
+                if type(value) is str and value.isascii() and value.isalnum():
+                    start = 1
+        while cut > start and id(headers[cut - 1]) in trusted:
             cut -= 1
-        if cut == end:
+        if cut == end and not start:
             return original(self, headers)
-        original(self, headers[:cut])
+        if start:
+            self.headers.append(headers[0])
+        original(self, headers[start:cut])
         self.headers.extend(headers[cut:])
         return None
 

@@ -132,6 +132,65 @@ def test_what_gunicorn_would_change_drop_or_refuse_is_never_trusted():
     assert refused == []
 
 
+def test_the_leading_trace_id_skips_gunicorns_checks_and_comes_out_the_same(trusted, monkeypatch):
+    from api.tracing import TRACE_ID
+
+    assert gunicorn_trusted_headers.trust_leading(TRACE_ID)
+    own = [("Content-Type", "application/json"), ("Content-Length", "16")]
+    for value in ("0af7651916cd43dd8448eb211c80319c", "AbC123", "x" * 200):
+        counting = _CountingPattern(gunicorn_wsgi.TOKEN_RE)
+        monkeypatch.setattr(gunicorn_wsgi, "TOKEN_RE", counting)
+        headers = [(TRACE_ID, value), *own, *trusted]
+        patched, plain = _response(), _response()
+        patched.process_headers(list(headers))
+        monkeypatch.setattr(gunicorn_wsgi, "TOKEN_RE", counting.pattern)
+        _original(plain, list(headers))
+        assert counting.calls == len(own)  # neither the trace id nor the trusted tail
+        assert patched.headers == plain.headers
+        assert patched.response_length == plain.response_length == 16
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a\r\nInjected: yes", " padded ", "with space", "dé", "", b"bytes"],
+)
+def test_a_leading_trace_id_that_is_not_letters_and_digits_is_checked(trusted, value):
+    from api.tracing import TRACE_ID
+
+    assert gunicorn_trusted_headers.trust_leading(TRACE_ID)
+    patched, plain = _response(), _response()
+    headers = [(TRACE_ID, value), ("Content-Length", "0"), *trusted]
+    try:
+        _original(plain, list(headers))
+    except Exception as refused:  # gunicorn refuses it: so must the adjustment
+        with pytest.raises(type(refused)):
+            patched.process_headers(list(headers))
+        return
+    patched.process_headers(list(headers))
+    assert patched.headers == plain.headers
+
+
+def test_only_that_name_object_leads_unchecked(trusted, monkeypatch):
+    from api.tracing import TRACE_ID
+
+    assert gunicorn_trusted_headers.trust_leading(TRACE_ID)
+    equal = "".join(["X-", "Trace-Id"])
+    assert equal == TRACE_ID and equal is not TRACE_ID
+    counting = _CountingPattern(gunicorn_wsgi.TOKEN_RE)
+    monkeypatch.setattr(gunicorn_wsgi, "TOKEN_RE", counting)
+    _response().process_headers([(equal, "abc123"), ("Content-Length", "0")])
+    assert counting.calls == 2
+    # Not leading: checked as any other header.
+    counting.calls = 0
+    _response().process_headers([("Content-Length", "0"), (TRACE_ID, "abc123")])
+    assert counting.calls == 2
+
+
+def test_a_name_gunicorn_would_read_or_drop_cannot_lead_unchecked():
+    for name in ("Content-Length", "Connection", "Transfer-Encoding", "Bad Name"):
+        assert not gunicorn_trusted_headers.trust_leading(name)
+
+
 def test_the_app_trusts_its_fixed_headers_when_gunicorn_serves_it(settings):
     from api import create_app
 
