@@ -41,6 +41,7 @@ lint: install
 
 bench: install
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v valgrind >/dev/null || { echo "installing valgrind (Debian package; tracing's instruction counts)"; apt-get update -qq && apt-get install -y -qq valgrind; }
 	$(BIN)/python -m bench.run
 
 chaos: install

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import redis
 
-from bench import event_streams, fairness, live_views, machine, report, tuning_off, wrk
+from bench import (
+    event_streams,
+    fairness,
+    live_views,
+    machine,
+    report,
+    tracing_work,
+    tuning_off,
+    wrk,
+)
 from bench import tracing as tracing_bench
 from bench.client import ApiClient, login
 from bench.report import Figure
@@ -29,7 +38,9 @@ from infra.settings import Settings
 IDEAL_AI = Figure("", "ideal", 100.0, "jobs/s")
 
 # Scenario groups `--only` can pick.
-GROUPS = ("web", "drain", "ai", "streams", "tuning", "live", "tracing", "fairness")
+GROUPS = (
+    "web", "drain", "ai", "streams", "tuning", "live", "tracing", "tracing_work", "fairness",
+)  # fmt: skip
 
 # Variables a developer's shell may carry that would point the stack elsewhere.
 _INHERITED = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "PROMETHEUS_MULTIPROC_DIR", "PORT")
@@ -44,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--drain-jobs", type=int, default=3000)
     parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--work-rounds", type=int, default=5, help="tracing_work: rounds each")
+    parser.add_argument("--work-submits", type=int, default=600, help="tracing_work: per round")
     parser.add_argument("--submit-users", type=int, default=1000, help="users submits rotate over")
     parser.add_argument("--ledger-concurrency", type=int, default=0, help="0: one per core")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy passes")
@@ -159,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         if "tracing" in only:
             # Submit and drain with tracing off, on (100%) and on (1%): bench/tracing.py.
             tracing_ratios = tracing_bench.measure(bench, run_id, PASSWORD, options.drain_jobs)
+        if "tracing_work" in only:
+            # The same cost as instructions per submit, under valgrind: bench/tracing_work.py.
+            tracing_ratios += tracing_work.measure(
+                bench, run_id, args.work_rounds, args.work_submits
+            )
         if "streams" in only:
             stream_settings = Settings.from_env(env)
             stream_owner, stream_token = event_streams.bench_user(stream_settings)
