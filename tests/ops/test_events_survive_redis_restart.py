@@ -51,6 +51,7 @@ def test_a_stream_resumes_across_a_redis_restart(settings, tmp_path: Path):
 
         with running_events(env, tmp_path / "events.log", EVENTS_KEEPALIVE_SECONDS="0.5") as events:
             got: list[Received] = []
+            answered = threading.Event()
             reader = threading.Thread(
                 target=lambda: got.append(
                     read_events(
@@ -58,10 +59,14 @@ def test_a_stream_resumes_across_a_redis_restart(settings, tmp_path: Path):
                         f"/api/v1/tasks/{task_id}/events",
                         headers,
                         bound=60,
+                        answered=answered,
                     )
                 )
             )
             reader.start()
+            # The stream must be open (its 200 sent) before Redis goes: a request
+            # that arrives while Redis is down is refused with a 503, by design.
+            assert answered.wait(30), "the stream was not answered"
             started = {**pending, "state": "STARTED", "message": "started"}
             res.statuses.write(owner_id, started)
             res.statuses.progress(owner_id, started, 50, "posted 1 of 2")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -70,10 +71,16 @@ def read_events(
     *,
     stop_after: int | None = None,
     bound: float = 30.0,
+    answered: threading.Event | None = None,
 ) -> Received:
-    """GET `path` and read events until the server ends the stream (or `stop_after` events)."""
+    """GET `path` and read events until the server ends the stream (or `stop_after` events).
+
+    `answered` is set once the response's status line and headers have arrived.
+    """
     conn.request("GET", path, headers=dict(headers))
     response = conn.getresponse()
+    if answered is not None:
+        answered.set()
     received = Received(response.status, dict(response.getheaders()), [], False)
     if response.status != 200:
         body = response.read()
